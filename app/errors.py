@@ -1,0 +1,76 @@
+"""The one JSON error shape, and the app-wide handlers that produce it.
+
+Every error the gateway returns is
+``{"error": {"code": "<snake_case>", "message": "<sentence>", "details": {...}}}``:
+never an HTML page, never a traceback.
+"""
+
+import logging
+import re
+
+import kombu.exceptions
+import redis.exceptions
+from flask import current_app, jsonify
+from werkzeug.exceptions import HTTPException
+
+from workers.errors import DataJobsError
+
+log = logging.getLogger(__name__)
+
+#: Seconds a client should wait before retrying when the backend is down.
+RETRY_AFTER_SECONDS = 5
+
+BACKEND_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError)
+
+
+def error_response(status, code, message, headers=None, **details):
+    response = jsonify({"error": {"code": code, "message": message, "details": details}})
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def _snake(name):
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def handle_domain_error(exc):
+    return error_response(getattr(exc, "status", 400), exc.code, exc.message, **exc.details)
+
+
+_HTTP_MESSAGES = {
+    404: "No such resource.",
+    405: "This method is not allowed on this resource.",
+}
+
+
+def handle_http_error(exc):
+    if exc.code == 413:
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        return error_response(
+            413, "payload_too_large", f"The request body is larger than the limit of {limit} bytes.", limit=limit
+        )
+    return error_response(exc.code, _snake(exc.name), _HTTP_MESSAGES.get(exc.code, exc.description or exc.name))
+
+
+def handle_backend_down(exc):
+    log.warning("backend unavailable: %s", exc)
+    return error_response(
+        503,
+        "backend_unavailable",
+        "The job backend (Redis) is unreachable; try again shortly.",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
+def handle_unexpected(exc):
+    log.exception("unhandled error")
+    return error_response(500, "internal_error", "The gateway hit an unexpected error; it has been logged.")
+
+
+def init_app(app):
+    app.register_error_handler(DataJobsError, handle_domain_error)
+    app.register_error_handler(HTTPException, handle_http_error)
+    for exc_type in BACKEND_ERRORS:
+        app.register_error_handler(exc_type, handle_backend_down)
+    app.register_error_handler(Exception, handle_unexpected)

@@ -1,0 +1,30 @@
+"""Celery configuration: the only place Celery settings live.
+
+Values come from the settings table in ``workers/settings.py`` (environment
+variables with defaults). The worker and the gateway both load this module.
+"""
+
+from workers import settings
+
+broker_url = settings.broker_url()
+result_backend = settings.result_backend()
+
+# JSON only, on the wire and in the backend: a pickle payload is never accepted.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# A job's state goes started -> processing -> completed/failed; STARTED is the hand-over.
+task_track_started = True
+# Ack after the task returns, and give the message back if the worker process dies,
+# so a job that was running when its worker was killed runs again.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# One job reserved per worker process at a time: long jobs do not hold others hostage.
+worker_prefetch_multiplier = 1
+
+result_expires = settings.get("JOB_TTL_SECONDS")
+task_default_queue = "datajobs"
+broker_connection_retry_on_startup = True
+imports = ("workers.tasks",)

@@ -1,0 +1,226 @@
+"""The ``harvester`` command line: ``run``, ``operations`` and ``status``.
+
+Logs go to stderr; with ``--json`` stdout holds exactly one JSON document.
+Exit codes are :class:`ExitCode`; :data:`ERROR_OUTCOMES` says which error ends
+with which.
+"""
+
+import enum
+import json
+import logging
+import sys
+
+import click
+
+from harvester import __version__
+from harvester.client import GatewayClient
+from harvester.errors import (
+    GatewayError,
+    GatewayUnreachable,
+    HarvesterError,
+    InputError,
+    JobNotFound,
+    JobTimeout,
+    ServerError,
+)
+from harvester.harvest import Harvest
+from harvester.io import output_format
+from harvester.operations import load_operations, parse_op
+from harvester.report import format_catalogue, format_job, format_summary
+from workers import settings
+from workers.status import JobStatus
+
+log = logging.getLogger("harvester")
+
+
+class ExitCode(enum.IntEnum):
+    """Exit status of every harvester command."""
+
+    OK = 0
+    JOB_FAILED = 1
+    USAGE = 2  # bad arguments or input, or the gateway refused the request (4xx)
+    TIMEOUT = 3
+    UNREACHABLE = 4  # the gateway was unreachable (or failing with a 5xx) until the deadline
+
+
+#: (error class, exit code, outcome in the summary); the first class that matches wins.
+ERROR_OUTCOMES = (
+    (InputError, ExitCode.USAGE, "input_error"),
+    (JobNotFound, ExitCode.USAGE, "not_found"),
+    (ServerError, ExitCode.UNREACHABLE, "gateway_error"),
+    (GatewayError, ExitCode.USAGE, "rejected"),
+    (GatewayUnreachable, ExitCode.UNREACHABLE, "unreachable"),
+    (JobTimeout, ExitCode.TIMEOUT, "timeout"),
+)
+
+
+def outcome_of(error):
+    """Return ``(exit code, outcome)`` for a :class:`~harvester.errors.HarvesterError`."""
+    for cls, code, outcome in ERROR_OUTCOMES:
+        if isinstance(error, cls):
+            return code, outcome
+    raise TypeError(f"no outcome for {type(error).__name__}")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """The CLI's log handler; a class of its own so a second invocation replaces it."""
+
+
+def _configure_logging():
+    # sys.stderr is looked up now, not at import, so click's CliRunner captures it.
+    handler = _StderrHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    # urllib3 logs its retries after connection errors at WARNING: show them.
+    for name, level in (("harvester", logging.INFO), ("urllib3", logging.WARNING)):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+        logger.setLevel(level)
+
+
+def _gateway_option(command):
+    default = settings.SETTINGS["GATEWAY_URL"].default
+    return click.option(
+        "--gateway",
+        metavar="URL",
+        default=lambda: settings.get("GATEWAY_URL"),
+        show_default=f"$GATEWAY_URL, else {default}",
+        help="Base URL of the datajobs gateway.",
+    )(command)
+
+
+def _json_option(command):
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(command)
+
+
+def _client(gateway):
+    try:
+        return GatewayClient(gateway)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--gateway'") from None
+
+
+def _fail(error):
+    """Log ``error`` and exit with its code."""
+    code, _ = outcome_of(error)
+    log.error("%s", error)
+    sys.exit(code)
+
+
+@click.group(name="harvester", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="harvester")
+def main():
+    """Send datasets through datajobs pipelines and collect the results."""
+    _configure_logging()
+
+
+@main.command()
+@click.argument("source")
+@click.option(
+    "--op",
+    "ops",
+    multiple=True,
+    metavar="SPEC",
+    help='An operation: NAME or NAME:{"param": value}. Repeatable; applied in order, after --operations.',
+)
+@click.option(
+    "--operations",
+    "operations_file",
+    metavar="FILE.json",
+    help='A JSON list of operations in the gateway\'s format: ["name", {"name": ..., "params": {...}}].',
+)
+@click.option(
+    "--output",
+    "-o",
+    metavar="PATH",
+    help="Write the processed records here (.jsonl, .csv, .json or .parquet) with PATH.manifest.json beside it.",
+)
+@_gateway_option
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Seconds between two polls of the job.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Give up this many seconds after starting (exit 3, or 4 if the gateway is unreachable).",
+)
+@_json_option
+def run(source, ops, operations_file, output, gateway, poll_interval, timeout, as_json):
+    """Submit SOURCE with operations, wait for the job, and write what it returns.
+
+    SOURCE is a .csv, .tsv, .json (array of objects) or .jsonl file, or an
+    http(s) URL of one. A summary goes to stderr (and to stdout with --json).
+
+    \b
+    Exit codes: 0 completed, 1 job failed, 2 usage or input error (or the
+    gateway refused the job), 3 timeout, 4 gateway unreachable.
+    """
+    try:
+        operations = load_operations(operations_file) if operations_file else []
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--operations'") from None
+    try:
+        operations += [parse_op(spec) for spec in ops]
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--op'") from None
+    if output is not None:
+        try:
+            output_format(output)
+        except InputError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--output'") from None
+    client = _client(gateway)
+    harvest = Harvest(client, source, operations, output=output, poll_interval=poll_interval, timeout=timeout)
+    try:
+        summary = harvest.run()
+        code = ExitCode.OK if harvest.status is JobStatus.COMPLETED else ExitCode.JOB_FAILED
+    except HarvesterError as exc:
+        code, outcome = outcome_of(exc)
+        log.error("%s", exc)
+        summary = harvest.summary(outcome, exc)
+    summary["exit_code"] = int(code)
+    click.echo(format_summary(summary), err=True)
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+    sys.exit(code)
+
+
+@main.command()
+@_gateway_option
+@_json_option
+def operations(gateway, as_json):
+    """List the operations the gateway offers, with their parameters."""
+    try:
+        catalogue = _client(gateway).operations()
+    except HarvesterError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps({"operations": catalogue}, ensure_ascii=False, indent=2))
+    else:
+        click.echo(format_catalogue(catalogue))
+
+
+@main.command()
+@click.argument("job_id")
+@_gateway_option
+@_json_option
+def status(job_id, gateway, as_json):
+    """Show one job: status, progress, timings, and its error if it failed."""
+    client = _client(gateway)
+    try:
+        job = client.job(job_id)
+    except JobNotFound:
+        _fail(InputError(f"No job {job_id} at {client.base_url}: the id is unknown, or the job expired."))
+    except HarvesterError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(job, ensure_ascii=False, indent=2))
+    else:
+        click.echo(format_job(job))
+

@@ -1,0 +1,162 @@
+"""Run the whole datajobs stack on one machine, for ``make demo`` and the integration tests.
+
+It finds a Redis (the one at ``REDIS_URL`` if it answers, else a ``redis-server``
+it starts, else an embedded Redis-protocol server from fakeredis), then starts a
+Celery worker and the gateway as real processes, exactly as the README starts
+them, and stops everything it started.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def redis_answers(url, timeout=0.5):
+    """True when a Redis at ``url`` answers PING within ``timeout`` seconds."""
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+    except (redis.exceptions.RedisError, OSError):
+        return False
+
+
+def wait_until(predicate, timeout, what, interval=0.1):
+    """Call ``predicate`` until it is true; raise ``TimeoutError`` naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"{what} did not happen within {timeout} s")
+
+
+@contextlib.contextmanager
+def redis_server(port=None):
+    """Start a throwaway ``redis-server`` on 127.0.0.1 (no persistence); yield its URL."""
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_until(lambda: redis_answers(url), 10, f"redis-server on port {port} answering")
+        yield url
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def embedded_redis(port=None):
+    """Serve the Redis protocol from fakeredis (``fakeredis[lua]``) in a thread; yield its URL."""
+    from fakeredis import TcpFakeServer
+
+    port = port or free_port()
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def any_redis(url):
+    """Yield ``(url, how)``: the Redis at ``url`` if it answers, else one started here."""
+    if redis_answers(url):
+        yield url, f"using the Redis at {url}"
+    elif shutil.which("redis-server"):
+        with redis_server() as started:
+            yield started, f"no Redis at {url}; started redis-server at {started}"
+    else:
+        with embedded_redis() as started:
+            yield started, f"no Redis at {url} and no redis-server installed; started the embedded fakeredis server at {started}"
+
+
+def _env(redis_url, extra=None):
+    env = dict(os.environ)
+    env.update({"REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"})
+    env.pop("CELERY_BROKER_URL", None)
+    env.pop("CELERY_RESULT_BACKEND", None)
+    env.update(extra or {})
+    return env
+
+
+def start_worker(redis_url, log_path, concurrency=2, extra_env=None, name=None):
+    """Start ``celery -A workers worker`` as the README does; return the process."""
+    args = [str(BIN / "celery"), "-A", "workers", "worker", "--loglevel", "INFO", "--concurrency", str(concurrency)]
+    args += ["--hostname", f"{name or 'worker'}-{os.getpid()}-{free_port()}@%h", "--without-mingle", "--without-gossip"]
+    return subprocess.Popen(
+        args, cwd=ROOT, env=_env(redis_url, extra_env), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT
+    )
+
+
+def start_gateway(redis_url, port, log_path, extra_env=None):
+    """Start the gateway under gunicorn, as in production; return the process."""
+    args = [str(BIN / "gunicorn"), "app:create_app()", "--bind", f"127.0.0.1:{port}", "--workers", "2"]
+    return subprocess.Popen(
+        args, cwd=ROOT, env=_env(redis_url, extra_env), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT
+    )
+
+
+def live_workers(gateway_url):
+    """Number of workers the gateway's ``/health`` reports, or -1 when it does not answer."""
+    try:
+        return requests.get(f"{gateway_url}/health", timeout=5).json().get("workers", -1)
+    except (requests.RequestException, ValueError):
+        return -1
+
+
+def stop(proc, timeout=15):
+    """Stop ``proc`` gracefully (SIGTERM), then kill it if it lingers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def stack(redis_url, workers=1, concurrency=2, log_dir=None, extra_env=None):
+    """Start worker(s) and a gateway against ``redis_url``; yield the gateway URL once a worker answers."""
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="datajobs-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    gateway_url = f"http://127.0.0.1:{port}"
+    procs = [
+        start_worker(redis_url, log_dir / f"worker{i}.log", concurrency, extra_env, name=f"worker{i}")
+        for i in range(workers)
+    ]
+    procs.append(start_gateway(redis_url, port, log_dir / "gateway.log", extra_env))
+    try:
+        wait_until(lambda: live_workers(gateway_url) >= workers, 60, f"{workers} worker(s) answering the gateway")
+        yield gateway_url
+    finally:
+        for proc in reversed(procs):
+            stop(proc)

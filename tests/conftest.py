@@ -1,0 +1,48 @@
+"""Fixtures shared by every test layer: ``app``, ``client``, ``redis``, ``broker``.
+
+Gateway tests run the real Flask app with fakeredis as the job store and
+Celery's in-memory transport and cache backend, so a test can count the
+messages that were (or were not) enqueued and set a task's state.
+"""
+
+import fakeredis
+import pytest
+
+from app import create_app
+from workers.celery import make_app as make_celery
+
+QUEUE = "datajobs"
+
+
+@pytest.fixture
+def redis():
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def celery():
+    app = make_celery(broker_url="memory://", result_backend="cache+memory://")
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge(QUEUE)
+    return app
+
+
+@pytest.fixture
+def app(redis, celery):
+    return create_app({"TESTING": True, "REDIS": redis, "CELERY": celery, "HEALTH_PING_TIMEOUT": 0.1})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def queued(celery):
+    """A function returning how many job messages wait in the broker."""
+
+    def count():
+        with celery.connection_for_write() as conn:
+            return conn.default_channel.queue_declare(QUEUE, passive=True).message_count
+
+    return count

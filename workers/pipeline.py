@@ -1,0 +1,134 @@
+"""A job's operations as a pipeline: parse, check against the columns, run.
+
+The gateway calls :func:`parse_steps` and :func:`check_columns` before it
+accepts a job; the worker calls :func:`parse_steps` and :func:`run`. Both use
+the same registry, so what the gateway accepts is what the worker runs.
+"""
+
+import logging
+import time
+from dataclasses import dataclass
+
+from workers import frames
+from workers.errors import InvalidRequest, ParameterError, StepFailed, UnknownOperation
+from workers.operations import REGISTRY, Operation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Step:
+    index: int
+    operation: Operation
+    params: dict
+
+    @property
+    def name(self):
+        return self.operation.name
+
+    def to_json(self):
+        return {"name": self.name, "params": self.params}
+
+
+def parse_steps(operations, registry=REGISTRY):
+    """Turn the API's ``operations`` list into validated :class:`Step` objects.
+
+    Each item is an operation name or ``{"name": ..., "params": {...}}``.
+    Raises :class:`InvalidRequest`, :class:`UnknownOperation` or a
+    :class:`ParameterError`, each naming the step index and, where it applies,
+    the parameter.
+    """
+    if not isinstance(operations, list):
+        raise InvalidRequest("invalid_operations", "'operations' must be a list of operations.", field="operations")
+    steps = []
+    for index, item in enumerate(operations):
+        if isinstance(item, str):
+            name, params = item, {}
+        elif isinstance(item, dict):
+            name, params = item.get("name"), item.get("params", {})
+            extra = sorted(set(item) - {"name", "params"})
+            if not isinstance(name, str):
+                raise InvalidRequest(
+                    "invalid_operations", f"Step {index}: 'name' must be a string.", step=index, field="name"
+                )
+            if extra:
+                raise InvalidRequest(
+                    "invalid_operations",
+                    f"Step {index} ({name}): unexpected key {extra[0]!r}; a step has only 'name' and 'params'.",
+                    step=index,
+                    operation=name,
+                    field=extra[0],
+                )
+            if params is None:
+                params = {}
+            if not isinstance(params, dict):
+                raise InvalidRequest(
+                    "invalid_operations",
+                    f"Step {index} ({name}): 'params' must be an object.",
+                    step=index,
+                    operation=name,
+                    field="params",
+                )
+        else:
+            raise InvalidRequest(
+                "invalid_operations",
+                f"Step {index}: an operation is a name or an object with 'name' and 'params'.",
+                step=index,
+            )
+        try:
+            operation = registry[name]
+            operation.validate(params)
+        except UnknownOperation as exc:
+            raise exc.at(index) from None
+        except ParameterError as exc:
+            raise exc.at(index, name) from None
+        steps.append(Step(index, operation, params))
+    return steps
+
+
+def check_columns(steps, columns):
+    """Dry-run ``steps`` on an empty frame with ``columns`` to find bad column names early.
+
+    Every operation runs on the zero-row frame exactly as it will on the data,
+    so a step that names a column that will not exist at that step (given the
+    steps before it) raises :class:`ColumnNotFound` here, before anything is
+    stored. Only parameter errors count: anything else is left for the worker.
+    """
+    df = frames.empty_frame(columns)
+    for step in steps:
+        try:
+            df = step.operation(df, **step.params)
+        except ParameterError as exc:
+            raise exc.at(step.index, step.name) from None
+        except Exception:  # noqa: BLE001 - data-dependent; the worker will report it with the data
+            log.debug("dry run stopped at step %d (%s)", step.index, step.name, exc_info=True)
+            return
+
+
+def run(df, steps, on_progress=None):
+    """Apply ``steps`` to ``df`` in order; return ``(frame, stats)``.
+
+    ``on_progress(done, current)`` is called before the first step and after
+    every step, ``current`` naming the step about to run (None at the end).
+    ``stats`` holds ``{"name", "rows_in", "rows_out", "seconds"}`` per step.
+    Raises :class:`StepFailed` (with ``__cause__`` set) when a step raises.
+    """
+    stats = []
+    for step in steps:
+        if on_progress:
+            on_progress(step.index, step.name)
+        rows_in, started = len(df), time.perf_counter()
+        try:
+            df = step.operation(df, **step.params)
+        except ParameterError as exc:
+            placed = exc.at(step.index, step.name)
+            raise StepFailed(step.index, step.name, placed.message, placed.code) from exc
+        except Exception as exc:
+            message = f"Step {step.index} ({step.name}) failed with an unexpected {type(exc).__name__}."
+            raise StepFailed(step.index, step.name, message) from exc
+        stats.append(
+            {"name": step.name, "rows_in": rows_in, "rows_out": len(df), "seconds": round(time.perf_counter() - started, 6)}
+        )
+    if on_progress:
+        on_progress(len(steps), None)
+    return df, stats
