@@ -857,3 +857,10 @@ def test_error_messages_read_as_one_sentence():
         run("filter_rows", mixed_frame(), column="text", operator="regex", value="(")
     placed = info.value.at(2, "filter_rows").message
     assert re.match(r"Step 2 \(filter_rows\): The 'value' parameter of filter_rows is not a valid regular", placed)
+
+
+@pytest.mark.parametrize("name", ["self", "df", "kwargs"])
+def test_new_columns_may_have_any_name(name):
+    frame = pd.DataFrame({"a": ["xy"]})
+    assert REGISTRY["add_column"](frame, name=name, value=1)[name].tolist() == [1]
+    assert REGISTRY["text_length"](frame, column="a", into=name)[name].tolist() == [2]

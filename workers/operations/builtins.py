@@ -90,7 +90,15 @@ def add_column(df, name, value):
         column = pd.Series([None] * len(df), index=df.index, dtype=object)
     else:
         column = pd.Series(value, index=df.index)
-    return df.assign(**{name: column})
+    return _with_columns(df, {name: column})
+
+
+def _with_columns(df, columns):
+    """``df.assign(**columns)`` without keyword arguments, so a column may be named ``self``."""
+    out = df.copy(deep=False)
+    for name, values in columns.items():
+        out[name] = values
+    return out
 
 
 def _require_new_column(df, name, parameter):
@@ -144,7 +152,7 @@ def fill_nulls(df, value=None, values=None):
     else:
         require_columns(df, list(values), "values")
     filled = {column: _fill_column(df[column], fill) for column, fill in values.items()}
-    return df.assign(**filled)
+    return _with_columns(df, filled)
 
 
 def _fill_column(series, value):
@@ -506,7 +514,7 @@ def normalize_text(
             continue  # numbers, booleans and dates hold no text
         values = [clean(v) if isinstance(v, str) else v for v in series.tolist()]
         cleaned[column] = _like(series, values)
-    return df.assign(**cleaned)
+    return _with_columns(df, cleaned)
 
 
 def _like(series, values):
@@ -559,7 +567,7 @@ def chunk_text(df, column, size, overlap=0, into=None):
     flat = [piece for row in pieces for piece in row]
     dtype = object if source.dtype == object else "str"
     numbers = np.array([i for count in counts for i in range(count)], dtype=np.int64)
-    return out.assign(**{target: pd.Series(flat, index=out.index, dtype=dtype), CHUNK_INDEX: numbers})
+    return _with_columns(out, {target: pd.Series(flat, index=out.index, dtype=dtype), CHUNK_INDEX: numbers})
 
 
 def _split(text, size, step):
@@ -584,7 +592,7 @@ def text_length(df, column, into):
     _require_new_column(df, into, "into")
     # Non-text values count the characters of their text form; nulls stay null.
     lengths = [None if _is_null(v) else len(v if isinstance(v, str) else str(v)) for v in df[column].tolist()]
-    return df.assign(**{into: pd.Series(pd.array(lengths, dtype="Int64"), index=df.index)})
+    return _with_columns(df, {into: pd.Series(pd.array(lengths, dtype="Int64"), index=df.index)})
 
 
 # --- types -----------------------------------------------------------------------
@@ -688,7 +696,7 @@ def cast_types(df, types, errors="raise"):
                 f"(the first at row {int(np.argmax(bad))}). Use errors='coerce' to turn them into nulls.",
             )
         cast[column] = result
-    return df.assign(**cast)
+    return _with_columns(df, cast)
 
 
 def _blanks_as_nulls(series):
