@@ -2,7 +2,7 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /srv/datajobs
-COPY pyproject.toml setup.cfg README.md celeryconfig.py localstack.py ./
+COPY pyproject.toml setup.cfg README.md celeryconfig.py localstack.py gunicorn.conf.py ./
 COPY app ./app
 COPY workers ./workers
 COPY harvester ./harvester

@@ -2,7 +2,7 @@
 
 This is the one place settings are declared. ``celeryconfig.py``, the gateway's
 ``create_app`` and the harvester read them from here; the README's settings
-table is checked against :data:`SETTINGS` by ``tests/unit/test_settings.py``.
+table is checked against :data:`SETTINGS` by ``tests/unit/test_readme.py``.
 """
 
 import os

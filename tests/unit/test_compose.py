@@ -1,5 +1,6 @@
 """docker-compose.yml, parsed (no Docker engine runs here) and checked against the code."""
 
+import runpy
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,11 @@ def test_gateway_runs_gunicorn_on_the_app_factory():
     assert module == "app" and factory == "create_app()" and callable(gateway.create_app)
     assert "5000:5000" in SERVICES["gateway"]["ports"]
     assert "5000" in command[command.index("--bind") + 1]
+
+
+def test_gunicorn_serves_on_port_5000_by_default_like_flask_run():
+    config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert config["bind"].endswith(":5000")
 
 
 def test_worker_command_finds_the_celery_app_with_the_task():
