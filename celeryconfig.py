@@ -9,7 +9,8 @@ from workers import settings
 broker_url = settings.broker_url()
 result_backend = settings.result_backend()
 
-# JSON only, on the wire and in the backend: a pickle payload is never accepted.
+# JSON only, on the wire and in the backend: a message in any other serialization is refused,
+# so nobody who can write to Redis can make a worker run code.
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]

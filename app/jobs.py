@@ -68,6 +68,7 @@ def show(job_id):
         "created_at": record["created_at"],
         "started_at": record.get("started_at"),
         "finished_at": record.get("finished_at"),
+        "attempts": record.get("attempts", 0),
     }
     progress, info = body["progress"], meta.get("result")
     if status is JobStatus.STARTED:

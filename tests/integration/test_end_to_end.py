@@ -62,6 +62,7 @@ def test_statuses_are_seen_in_order_and_progress_moves(gateway):
     done_while_processing = [done for status, done in seen if status == "processing"]
     assert done_while_processing == sorted(done_while_processing) and len(set(done_while_processing)) >= 2
     assert body["started_at"] <= body["finished_at"] and body["created_at"] <= body["started_at"]
+    assert body["attempts"] == 1
     assert watch(gateway, blocker)[1]["status"] == "completed"
 
 

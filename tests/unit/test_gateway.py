@@ -52,6 +52,7 @@ def test_get_after_submit_reports_started_with_progress_and_timestamps(client):
     assert body["progress"] == {"operations_done": 0, "operations_total": 2, "current_operation": None}
     assert body["created_at"].endswith("Z") and body["started_at"] is None and body["finished_at"] is None
     assert body["data"] is None and body["error"] is None
+    assert body["attempts"] == 0
 
 
 def test_progress_state_reads_as_processing(client, celery):
