@@ -25,6 +25,15 @@ task_reject_on_worker_lost = True
 # One job reserved per worker process at a time: long jobs do not hold others hostage.
 worker_prefetch_multiplier = 1
 
+# Time limits. The soft limit raises inside the job, which then ends failed (time_limit);
+# the hard limit kills a worker process stuck where the soft one cannot reach (a C loop).
+# A job still unacknowledged after the visibility timeout is handed to another worker,
+# so the hard limit must come first or a long job would run twice in parallel: the
+# worker refuses to start otherwise (workers/celery.py).
+task_soft_time_limit = settings.get("JOB_SOFT_TIME_LIMIT")
+task_time_limit = settings.get("JOB_HARD_TIME_LIMIT")
+broker_transport_options = {"visibility_timeout": settings.get("BROKER_VISIBILITY_TIMEOUT")}
+
 result_expires = settings.get("JOB_TTL_SECONDS")
 task_default_queue = "datajobs"
 broker_connection_retry_on_startup = True

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 
+def names(text):
+    """Cast a comma-separated setting (``"a, b"``) to a tuple of its non-empty items."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str  # also the environment variable
@@ -25,9 +30,33 @@ SETTINGS = {
         Setting("CELERY_BROKER_URL", None, "Broker URL, when it is not `REDIS_URL`."),
         Setting("CELERY_RESULT_BACKEND", None, "Result backend URL, when it is not `REDIS_URL`."),
         Setting("JOB_TTL_SECONDS", 86400, "How long job records, datasets, results and Celery results are kept.", int),
+        # Limits on what a job may be: each is checked before anything is stored (413/400).
         Setting("MAX_CONTENT_LENGTH", 64 * 1024 * 1024, "Largest accepted request body in bytes (413 above it).", int),
+        Setting("MAX_RECORDS", 1_000_000, "Most records in one job's dataset (400 above it).", int),
+        Setting("MAX_OPERATIONS", 100, "Most operations in one job (400 above it).", int),
+        Setting("MAX_STRING_LENGTH", 1024 * 1024, "Longest string, key or value, anywhere in a job, in characters.", int),
+        Setting("MAX_JSON_DEPTH", 32, "Deepest nesting of arrays and objects in a request body.", int),
+        # Who may see what.
+        Setting("API_TOKENS", (), "Comma-separated bearer tokens; when set, every endpoint but `/health` needs one, "
+                "and a job is visible only with the token that created it.", names),
+        # Running jobs: faults and limits.
+        Setting("JOB_MAX_ATTEMPTS", 3, "Times a job may be started: one whose worker dies this often ends "
+                "`failed` (`worker_lost`).", int),
+        Setting("JOB_SOFT_TIME_LIMIT", 1800, "Seconds a job may run before it is stopped and ends `failed` "
+                "(`time_limit`).", float),
+        Setting("JOB_HARD_TIME_LIMIT", 1860, "Seconds after which a job's worker process is killed, for a step "
+                "the soft limit cannot interrupt.", float),
+        Setting("BROKER_VISIBILITY_TIMEOUT", 3600, "Seconds before a job whose worker host vanished is handed to "
+                "another worker; must exceed the hard limit.", float),
+        Setting("CANCEL_GRACE_SECONDS", 10.0, "Seconds a running step may go on after a cancel before its worker "
+                "process is killed.", float),
+        Setting("OPERATION_MODULES", (), "Comma-separated modules whose operations are added to the catalogue "
+                "(gateway and workers must agree).", names),
+        Setting("LOG_FORMAT", "text", "`text`, or `json` for one JSON object per line (gateway and workers)."),
         Setting("HEALTH_PING_TIMEOUT", 1.0, "Seconds `GET /health` waits for workers to answer a ping.", float),
+        # The harvester.
         Setting("GATEWAY_URL", "http://127.0.0.1:5000", "Gateway the harvester talks to (`--gateway` overrides)."),
+        Setting("GATEWAY_TOKEN", None, "Bearer token the harvester sends (`--token` overrides)."),
     ]
 }
 

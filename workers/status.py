@@ -15,6 +15,7 @@ class JobStatus(str, enum.Enum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by DELETE /jobs/<id>
 
     @property
     def is_terminal(self):
@@ -25,8 +26,14 @@ class JobStatus(str, enum.Enum):
         return _RANK[self]
 
 
-TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
-_RANK = {JobStatus.STARTED: 0, JobStatus.PROCESSING: 1, JobStatus.COMPLETED: 2, JobStatus.FAILED: 2}
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+_RANK = {
+    JobStatus.STARTED: 0,
+    JobStatus.PROCESSING: 1,
+    JobStatus.COMPLETED: 2,
+    JobStatus.FAILED: 2,
+    JobStatus.CANCELLED: 2,
+}
 
 _FROM_CELERY = {
     states.PENDING: JobStatus.STARTED,
@@ -36,7 +43,7 @@ _FROM_CELERY = {
     PROGRESS: JobStatus.PROCESSING,
     states.SUCCESS: JobStatus.COMPLETED,
     states.FAILURE: JobStatus.FAILED,
-    states.REVOKED: JobStatus.FAILED,
+    states.REVOKED: JobStatus.CANCELLED,
     states.REJECTED: JobStatus.FAILED,
     states.IGNORED: JobStatus.FAILED,
 }
