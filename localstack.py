@@ -51,19 +51,35 @@ def wait_until(predicate, timeout, what, interval=0.1):
     raise TimeoutError(f"{what} did not happen within {timeout} s")
 
 
-@contextlib.contextmanager
-def redis_server(port=None):
-    """Start a throwaway ``redis-server`` on 127.0.0.1 (no persistence); yield its URL."""
-    port = port or free_port()
-    proc = subprocess.Popen(
-        [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def redis_server_args(port, data_dir=None):
+    """Arguments for a ``redis-server`` on 127.0.0.1:``port``: in memory, or with an fsync'ed AOF in ``data_dir``."""
+    args = [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    if data_dir is None:
+        return args + ["--appendonly", "no"]
+    # As the compose file runs it: AOF, and refuse writes rather than evict keys when full.
+    return args + ["--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "always",
+                   "--maxmemory-policy", "noeviction"]
+
+
+def start_redis(port, data_dir=None):
+    """Start ``redis-server`` on ``port``; return the process once it answers."""
+    proc = subprocess.Popen(redis_server_args(port, data_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:
         wait_until(lambda: redis_answers(url), 10, f"redis-server on port {port} answering")
-        yield url
+    except TimeoutError:
+        stop(proc)
+        raise
+    return proc
+
+
+@contextlib.contextmanager
+def redis_server(port=None, data_dir=None):
+    """Start a throwaway ``redis-server`` on 127.0.0.1 (no persistence unless ``data_dir``); yield its URL."""
+    port = port or free_port()
+    proc = start_redis(port, data_dir)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop(proc)
 
@@ -110,9 +126,10 @@ def start_worker(redis_url, log_path, concurrency=2, extra_env=None, name=None):
     """Start ``celery -A workers worker`` as the README does; return the process."""
     args = [str(BIN / "celery"), "-A", "workers", "worker", "--loglevel", "INFO", "--concurrency", str(concurrency)]
     args += ["--hostname", f"{name or 'worker'}-{os.getpid()}-{free_port()}@%h", "--without-mingle", "--without-gossip"]
-    return subprocess.Popen(
-        args, cwd=ROOT, env=_env(redis_url, extra_env), stdout=open(log_path, "ab"), stderr=subprocess.STDOUT
-    )
+    env = _env(redis_url, extra_env)
+    if env.get("LOG_FORMAT") == "json":
+        args.insert(1, "--quiet")  # `celery --quiet`: the startup banner is printed, not logged; keep to JSON lines
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
 
 
 def start_gateway(redis_url, port, log_path, extra_env=None):
@@ -142,21 +159,54 @@ def stop(proc, timeout=15):
             proc.wait()
 
 
+class Stack:
+    """A running gateway and its worker processes (see :func:`running`)."""
+
+    def __init__(self, redis_url, log_dir, extra_env=None):
+        self.redis_url, self.log_dir, self.extra_env = redis_url, Path(log_dir), extra_env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workers, self.gateway = [], None
+
+    def add_worker(self, concurrency=2, extra_env=None):
+        """Start one more worker process (it answers the gateway's ping soon after)."""
+        name = f"worker{len(self.workers)}"
+        env = {**(self.extra_env or {}), **(extra_env or {})}
+        proc = start_worker(self.redis_url, self.log_dir / f"{name}.log", concurrency, env, name=name)
+        self.workers.append(proc)
+        return proc
+
+    def wait_for_workers(self, count, timeout=60):
+        wait_until(lambda: live_workers(self.url) >= count, timeout, f"{count} worker(s) answering the gateway")
+
+    def logs(self):
+        """Everything the processes have logged so far, as one text."""
+        return "\n".join(path.read_text(errors="replace") for path in sorted(self.log_dir.glob("*.log")))
+
+    def stop(self):
+        for proc in [self.gateway, *reversed(self.workers)]:
+            if proc is not None:
+                stop(proc)
+
+
+@contextlib.contextmanager
+def running(redis_url, workers=1, concurrency=2, log_dir=None, extra_env=None):
+    """Start worker(s) and a gateway against ``redis_url``; yield the :class:`Stack` once the workers answer."""
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="datajobs-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    running_stack = Stack(redis_url, log_dir, extra_env)
+    try:
+        for _ in range(workers):
+            running_stack.add_worker(concurrency)
+        running_stack.gateway = start_gateway(redis_url, running_stack.port, log_dir / "gateway.log", extra_env)
+        running_stack.wait_for_workers(workers)
+        yield running_stack
+    finally:
+        running_stack.stop()
+
+
 @contextlib.contextmanager
 def stack(redis_url, workers=1, concurrency=2, log_dir=None, extra_env=None):
     """Start worker(s) and a gateway against ``redis_url``; yield the gateway URL once a worker answers."""
-    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="datajobs-"))
-    log_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    gateway_url = f"http://127.0.0.1:{port}"
-    procs = [
-        start_worker(redis_url, log_dir / f"worker{i}.log", concurrency, extra_env, name=f"worker{i}")
-        for i in range(workers)
-    ]
-    procs.append(start_gateway(redis_url, port, log_dir / "gateway.log", extra_env))
-    try:
-        wait_until(lambda: live_workers(gateway_url) >= workers, 60, f"{workers} worker(s) answering the gateway")
-        yield gateway_url
-    finally:
-        for proc in reversed(procs):
-            stop(proc)
+    with running(redis_url, workers, concurrency, log_dir, extra_env) as started:
+        yield started.url

@@ -1,18 +1,26 @@
-"""``POST /jobs`` and ``GET /jobs/<id>``: submit a job, follow it to the end."""
+"""``POST /jobs``, ``GET /jobs/<id>`` and ``DELETE /jobs/<id>``: submit a job, follow it, cancel it."""
 
+import contextlib
+import hashlib
 import json
 import logging
+import re
 
 from flask import Blueprint, current_app, request, url_for
 
+from app.auth import current_owner
 from app.errors import BACKEND_ERRORS, error_response
 from app.validation import read_job
 from workers.celery import RUN_JOB
+from workers.errors import InvalidRequest
 from workers.jobstore import is_job_id, new_job_id
-from workers.status import JobStatus, from_celery_state
+from workers.status import JobStatus, job_status
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
+
+#: What an ``Idempotency-Key`` may be: 1 to 255 visible ASCII characters.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 def _store():
@@ -26,17 +34,32 @@ def _celery():
 @bp.post("/jobs")
 @bp.post("/process")  # the earlier processor's route, kept for its clients
 def submit():
-    """Validate a job, record it, enqueue it; answer 202 with its location."""
-    dataset, steps = read_job(request)
-    job_id = new_job_id()
+    """Validate a job, record it, enqueue it; answer 202 with its location.
+
+    With an ``Idempotency-Key``, a retry of the same request (same key, same
+    body, within the job TTL) answers 200 with the job the first one created
+    instead of creating another; the same key with another body is a 409.
+    """
+    key = _idempotency_key()
+    dataset, steps = read_job(request, current_app.config)
+    owner, store, job_id = current_owner(), _store(), new_job_id()
     operations = [step.to_json() for step in steps]
-    store = _store()
-    store.create(job_id, operations, json.dumps(dataset), rows=len(dataset))
+    store.create(job_id, operations, json.dumps(dataset), rows=len(dataset), owner=owner)
     try:
+        if key:
+            # Claimed after the record exists, so whoever finds the claim finds the job.
+            digest = hashlib.sha256(request.get_data()).hexdigest()
+            earlier = store.claim_idempotency_key(owner, key, digest, job_id)
+            if earlier is not None:
+                store.delete(job_id)
+                return _replay(key, *earlier, digest)
         # The message carries the job id only; the data waits in the job store.
         _celery().send_task(RUN_JOB, args=[job_id], task_id=job_id)
     except BACKEND_ERRORS:
-        store.delete(job_id)
+        with contextlib.suppress(*BACKEND_ERRORS):  # best effort: Redis may be the thing that is down
+            store.delete(job_id)
+            if key:
+                store.release_idempotency_key(owner, key)
         raise
     log.info("job %s accepted: %d records, %d operations", job_id, len(dataset), len(steps))
     location = url_for("jobs.show", job_id=job_id)
@@ -48,15 +71,81 @@ def submit():
     return body, 202, {"Location": location}
 
 
+def _idempotency_key():
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidRequest(
+            "invalid_idempotency_key",
+            "The Idempotency-Key header must be 1 to 255 visible ASCII characters (a UUID is a good choice).",
+            field="Idempotency-Key",
+        )
+    return key
+
+
+def _replay(key, job_id, digest, new_digest):
+    if digest != new_digest:
+        return error_response(
+            409,
+            "idempotency_key_reused",
+            "This Idempotency-Key was used for a different request body; use a new key for a new job.",
+            job_id=job_id,
+        )
+    record = _store().get(job_id)
+    if record is None:  # the job expired before its key did
+        return error_response(404, "job_not_found", f"The job this Idempotency-Key created ({job_id}) has expired.")
+    log.info("job %s: returned again for a retried request (Idempotency-Key)", job_id)
+    return _job_body(job_id, record), 200, {"Location": url_for("jobs.show", job_id=job_id)}
+
+
 @bp.get("/jobs/<job_id>")
 def show(job_id):
     """Report a job's status, progress, timestamps, and its data or error once it has ended."""
-    store = _store()
-    record = store.get(job_id) if is_job_id(job_id) else None
+    record = _find(job_id)
     if record is None:
-        return error_response(404, "job_not_found", f"No job with id {job_id!r}: unknown, or expired.")
+        return _not_found(job_id)
+    return _job_body(job_id, record)
+
+
+@bp.delete("/jobs/<job_id>")
+def cancel(job_id):
+    """Cancel a queued or running job: it ends ``cancelled`` now; a 409 if it had ended already.
+
+    A queued job will never run. A running one stops before its next operation,
+    and its worker process is killed if the current step goes on past
+    ``CANCEL_GRACE_SECONDS`` (``workers/tasks.py``).
+    """
+    store = _store()
+    record = _find(job_id)
+    if record is None:
+        return _not_found(job_id)
+    if not store.cancel(job_id):
+        status = job_status(store.get(job_id) or record, None).value
+        return error_response(
+            409,
+            "job_finished",
+            f"Job {job_id} has already ended ({status}); only a queued or running job can be cancelled.",
+            job_status=status,
+        )
+    log.info("job %s cancelled by request", job_id)
+    return _job_body(job_id, store.get(job_id))
+
+
+def _find(job_id):
+    """The record of ``job_id`` if it exists and this request's token may see it, else None."""
+    record = _store().get(job_id) if is_job_id(job_id) else None
+    if record is None or record.get("owner", "") != current_owner():
+        return None
+    return record
+
+
+def _not_found(job_id):
+    return error_response(404, "job_not_found", f"No job with id {job_id!r}: unknown, or expired.")
+
+
+def _job_body(job_id, record):
+    """The body of ``GET /jobs/<id>``: the record says how a job ended, Celery how far it has got."""
     meta = _celery().backend.get_task_meta(job_id)
-    status = from_celery_state(meta["status"])
+    status = job_status(record, meta["status"])
     total = record["operations_total"]
     body = {
         "job_id": job_id,
@@ -71,19 +160,20 @@ def show(job_id):
         "attempts": record.get("attempts", 0),
     }
     progress, info = body["progress"], meta.get("result")
+    if isinstance(info, dict) and "operations_done" in info:
+        progress.update(operations_done=info["operations_done"], current_operation=info["current_operation"])
     if status is JobStatus.STARTED:
         body["message"] = "Queued: waiting for a worker."
     elif status is JobStatus.PROCESSING:
-        if isinstance(info, dict) and "operations_done" in info:
-            progress.update(operations_done=info["operations_done"], current_operation=info["current_operation"])
         done, current = progress["operations_done"], progress["current_operation"]
         body["message"] = f"Processing: {done} of {total} operations done" + (f", running {current}." if current else ".")
     elif status is JobStatus.COMPLETED:
-        progress["operations_done"] = total
-        records = json.loads(store.load_output(job_id) or "[]")
-        body["data"] = {**info, "data": records}
-        body["message"] = f"Successfully processed {info['processed_items']} items with {total} operations"
+        progress.update(operations_done=total, current_operation=None)
+        records = json.loads(_store().load_output(job_id) or "[]")
+        body["data"] = {**record["summary"], "data": records}
+        body["message"] = f"Successfully processed {record['summary']['processed_items']} items with {total} operations"
     else:
+        progress["current_operation"] = None
         body["error"] = record.get("error") or _celery_error(meta)
         body["message"] = body["error"]["message"]
         if body["error"]["operation_index"] is not None:
@@ -91,8 +181,18 @@ def show(job_id):
     return body
 
 
+#: Why a job ended, when the worker could not record it itself: Celery's exception type -> error.
+_CELERY_ERRORS = {
+    "TimeLimitExceeded": ("time_limit", "The job ran past the hard time limit; its worker process was stopped."),
+    "WorkerLostError": ("worker_lost", "The worker process running the job died."),
+}
+
+
 def _celery_error(meta):
-    """An ``error`` for a job that ended without the worker recording why (revoked, lost...)."""
-    kinds = {"REVOKED": ("revoked", "The job was revoked before it finished.")}
-    kind, message = kinds.get(meta["status"], ("worker_error", "The job ended without a result; see the worker log."))
+    """An ``error`` for a job that ended without a record of why (revoked, a lost worker...)."""
+    if meta["status"] == "REVOKED":
+        kind, message = "cancelled", "The job was revoked before it finished."
+    else:
+        exc_type = type(meta.get("result")).__name__  # Celery hands back the exception itself
+        kind, message = _CELERY_ERRORS.get(exc_type, ("worker_error", "The job ended without a result; see the worker log."))
     return {"type": kind, "message": message, "operation_index": None}

@@ -1,4 +1,10 @@
-"""Read and validate a job submission, before anything is stored or enqueued."""
+"""Read and validate a job submission, before anything is stored or enqueued.
+
+Limits (settings ``MAX_RECORDS``, ``MAX_OPERATIONS``, ``MAX_STRING_LENGTH``,
+``MAX_JSON_DEPTH``; ``MAX_CONTENT_LENGTH`` is Flask's, a 413) are checked here
+too, so an oversized job is refused with a 400 naming the limit and where it
+was exceeded, and never quotes the offending value.
+"""
 
 import json
 
@@ -24,12 +30,12 @@ JOB_SCHEMA = {
 _validator = Draft202012Validator(JOB_SCHEMA)
 
 
-def read_job(request):
+def read_job(request, limits):
     """Return ``(dataset, steps)`` from a Flask request, or raise an ``InvalidRequest``/``ParameterError``.
 
-    Checks, in order: content type, JSON syntax, the body's shape, every record,
-    every operation and its parameters, and the columns each step names given
-    the steps before it.
+    Checks, in order: content type, JSON syntax, the body's shape, the limits in
+    ``limits`` (the app config), every record, every operation and its
+    parameters, and the columns each step names given the steps before it.
     """
     if not request.is_json:
         raise InvalidRequest(
@@ -40,6 +46,8 @@ def read_job(request):
     except (ValueError, UnicodeDecodeError) as exc:
         where = f" at line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise InvalidRequest("invalid_json", f"The request body is not valid JSON{where}.") from None
+    except RecursionError:  # nested far deeper than any limit: the parser gave up
+        raise _too_deep(limits["MAX_JSON_DEPTH"], None) from None
 
     error = next(iter(_validator.iter_errors(body)), None)
     if error is not None:
@@ -47,7 +55,10 @@ def read_job(request):
         code = {"dataset": "invalid_dataset", "operations": "invalid_operations"}.get(field, "invalid_body")
         raise InvalidRequest(code, _describe(error), field=field)
 
-    dataset = body["dataset"]
+    dataset, operations = body["dataset"], body["operations"]
+    _check_count("dataset", "records", len(dataset), limits["MAX_RECORDS"], "MAX_RECORDS")
+    _check_count("operations", "operations", len(operations), limits["MAX_OPERATIONS"], "MAX_OPERATIONS")
+    max_length, max_depth = limits["MAX_STRING_LENGTH"], limits["MAX_JSON_DEPTH"]
     for index, record in enumerate(dataset):
         if not isinstance(record, dict):
             raise InvalidRequest(
@@ -56,9 +67,62 @@ def read_job(request):
                 field="dataset",
                 index=index,
             )
-    steps = pipeline.parse_steps(body["operations"])
+        # Inlined for flat records, the common case: a million of them take one pass.
+        for key, value in record.items():
+            if len(key) > max_length or (type(value) is str and len(value) > max_length):
+                raise _too_long(max_length, f"dataset item {index}", field="dataset", index=index)
+            if type(value) is dict or type(value) is list:
+                _check_nesting(value, 4, max_length, max_depth, f"dataset item {index}", field="dataset", index=index)
+    _check_nesting(operations, 2, max_length, max_depth, "'operations'", field="operations")
+    steps = pipeline.parse_steps(operations)
     pipeline.check_columns(steps, frames.columns_of(dataset))
     return dataset, steps
+
+
+def _check_count(field, what, count, limit, setting):
+    if count > limit:
+        raise InvalidRequest(
+            "limit_exceeded",
+            f"'{field}' has {count} {what}; the limit is {limit} ({setting}).",
+            field=field,
+            limit=setting,
+            maximum=limit,
+        )
+
+
+def _check_nesting(value, depth, max_length, max_depth, where, **details):
+    """Walk ``value`` (at nesting ``depth``; the body itself is 1) for too-long strings and too-deep nesting."""
+    stack = [(value, depth)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise _too_deep(max_depth, where, **details)
+        for key, item in node.items() if type(node) is dict else enumerate(node):
+            if (type(key) is str and len(key) > max_length) or (type(item) is str and len(item) > max_length):
+                raise _too_long(max_length, where, **details)
+            if type(item) is dict or type(item) is list:
+                stack.append((item, depth + 1))
+
+
+def _too_long(limit, where, **details):
+    return InvalidRequest(
+        "limit_exceeded",
+        f"A string in {where} is longer than the limit of {limit} characters (MAX_STRING_LENGTH).",
+        limit="MAX_STRING_LENGTH",
+        maximum=limit,
+        **details,
+    )
+
+
+def _too_deep(limit, where, **details):
+    return InvalidRequest(
+        "limit_exceeded",
+        f"The request body nests arrays and objects{f' in {where}' if where else ''} deeper than the limit of "
+        f"{limit} levels (MAX_JSON_DEPTH).",
+        limit="MAX_JSON_DEPTH",
+        maximum=limit,
+        **details,
+    )
 
 
 def _field(error):

@@ -11,8 +11,15 @@ Keys (all built by :func:`key_for`, all expiring after the job TTL):
 - ``datajobs:job:<id>``         hash: the job record
 - ``datajobs:job:<id>:input``   the submitted dataset (JSON array), deleted once the job ends
 - ``datajobs:job:<id>:output``  the processed dataset (JSON array)
+- ``datajobs:idempotency:<digest>``  the job an ``Idempotency-Key`` created, for the TTL
+
+A record ends exactly once: :meth:`JobStore.complete`, :meth:`JobStore.fail` and
+:meth:`JobStore.cancel` are compare-and-set (WATCH/MULTI), so a worker that
+finishes a job someone cancelled, or a redelivered job that finishes twice,
+cannot overwrite the outcome that was stored first.
 """
 
+import hashlib
 import json
 import uuid
 from datetime import datetime, timezone
@@ -32,6 +39,12 @@ def key_for(job_id, part=None):
     return f"{key}:{part}" if part else key
 
 
+def idempotency_key(owner, key):
+    """The Redis key remembering which job ``owner`` created with ``Idempotency-Key: key``."""
+    digest = hashlib.sha256(f"{owner}\0{key}".encode()).hexdigest()
+    return f"{KEY_PREFIX}:idempotency:{digest}"
+
+
 def new_job_id():
     return str(uuid.uuid4())
 
@@ -49,16 +62,25 @@ def utcnow():
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def connect(url=None):
-    """A Redis client for ``url`` (default: the ``REDIS_URL`` setting) that fails fast when Redis is down."""
-    # redis-py's default is 10 retries with backoff: an outage would hang every
-    # request for seconds. Two quick retries ride out a blip; then callers see it.
+def connect(url=None, patient=False):
+    """A Redis client for ``url`` (default: the ``REDIS_URL`` setting).
+
+    The gateway's client fails fast (two quick retries ride out a blip, then the
+    caller answers 503), so no request hangs during an outage. A worker's client
+    is ``patient``: it retries for about half a minute, so a job finishing
+    during a short outage still stores its outcome once Redis is back.
+    """
+    retry = (
+        Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=40)
+        if patient
+        else Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=2)
+    )
     return redis.Redis.from_url(
         url or settings.get("REDIS_URL"),
         socket_connect_timeout=1,
         socket_timeout=10,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=2),
+        retry=retry,
     )
 
 
@@ -70,22 +92,24 @@ class JobStore:
     live as long as each other.
     """
 
-    _JSON_FIELDS = ("operations", "error")
+    _JSON_FIELDS = ("operations", "error", "summary")
     _INT_FIELDS = ("operations_total", "rows_in", "attempts")
 
     def __init__(self, redis_client, ttl):
         self.redis = redis_client
         self.ttl = int(ttl)
 
-    def create(self, job_id, operations, dataset_json, rows):
+    def create(self, job_id, operations, dataset_json, rows, owner=""):
         """Record a new job and store its dataset, atomically. Returns the record.
 
         ``operations`` is the validated list of ``{"name", "params"}``;
-        ``dataset_json`` the dataset as JSON text; ``rows`` its length.
+        ``dataset_json`` the dataset as JSON text; ``rows`` its length;
+        ``owner`` who may see it (a digest of its creator's token, or "").
         """
         record = {
             "job_id": job_id,
             "created_at": utcnow(),
+            "owner": owner,
             "operations": operations,
             "operations_total": len(operations),
             "rows_in": rows,
@@ -131,24 +155,63 @@ class JobStore:
             _, attempts = pipe.execute()
         return attempts
 
-    def complete(self, job_id, output_json):
-        """Store the processed dataset, stamp ``finished_at`` and drop the input."""
-        self._finish(job_id, {"finished_at": utcnow()}, output_json)
+    def is_finished(self, job_id):
+        """True once ``job_id`` has ended (or its record is gone)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(key_for(job_id))
+            pipe.hexists(key_for(job_id), "finished_at")
+            exists, finished = pipe.execute()
+        return not exists or bool(finished)
+
+    def complete(self, job_id, output_json, summary):
+        """Store the processed dataset and its ``summary``; end the job ``completed``. False if it had ended."""
+        return self._finish(job_id, "completed", {"summary": summary}, output_json)
 
     def fail(self, job_id, error):
-        """Record ``error`` (``{"type", "message", "operation_index"}``), stamp ``finished_at``, drop the input."""
-        self._finish(job_id, self._encode({"finished_at": utcnow(), "error": error}))
+        """End the job ``failed`` with ``error`` (``{"type", "message", "operation_index"}``). False if it had ended."""
+        return self._finish(job_id, "failed", {"error": error})
 
-    def _finish(self, job_id, fields, output_json=None):
-        # The TTL restarts when a job ends, so a result is kept for a full TTL
-        # however long the job waited in the queue.
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key_for(job_id), mapping=fields)
-            pipe.expire(key_for(job_id), self.ttl)
+    def cancel(self, job_id):
+        """End the job ``cancelled``. False if it had ended already."""
+        error = {"type": "cancelled", "message": "The job was cancelled by request.", "operation_index": None}
+        return self._finish(job_id, "cancelled", {"error": error})
+
+    def _finish(self, job_id, outcome, extra, output_json=None):
+        # Compare-and-set: only the first outcome sticks. The TTL restarts when a
+        # job ends, so a result is kept for a full TTL however long the job queued.
+        key = key_for(job_id)
+        fields = {"finished_at": utcnow(), "outcome": outcome, **extra}
+
+        def finish(pipe):
+            if not pipe.exists(key) or pipe.hexists(key, "finished_at"):
+                return False
+            pipe.multi()
+            pipe.hset(key, mapping=self._encode(fields))
+            pipe.expire(key, self.ttl)
             if output_json is not None:
                 pipe.set(key_for(job_id, "output"), output_json, ex=self.ttl)
             pipe.delete(key_for(job_id, "input"))
-            pipe.execute()
+            return True
+
+        return self.redis.transaction(finish, key, value_from_callable=True)
+
+    def claim_idempotency_key(self, owner, key, digest, job_id):
+        """Remember that ``owner``'s ``key`` (for a body with ``digest``) creates ``job_id``.
+
+        Returns None when the key was free (the caller goes on and creates the
+        job), else ``(job_id, digest)`` of the job the key created before.
+        """
+        name = idempotency_key(owner, key)
+        if self.redis.set(name, json.dumps([job_id, digest]), nx=True, ex=self.ttl):
+            return None
+        raw = self.redis.get(name)
+        if raw is None:  # expired between the two calls: claim it again
+            return self.claim_idempotency_key(owner, key, digest, job_id)
+        return tuple(json.loads(raw))
+
+    def release_idempotency_key(self, owner, key):
+        """Forget ``key`` (its job could not be created), so a retry can create it."""
+        self.redis.delete(idempotency_key(owner, key))
 
     def _encode(self, record):
         return {k: json.dumps(v) if k in self._JSON_FIELDS else v for k, v in record.items()}

@@ -105,13 +105,16 @@ def check_columns(steps, columns):
             return
 
 
-def run(df, steps, on_progress=None):
+def run(df, steps, on_progress=None, interrupts=()):
     """Apply ``steps`` to ``df`` in order; return ``(frame, stats)``.
 
     ``on_progress(done, current)`` is called before the first step and after
-    every step, ``current`` naming the step about to run (None at the end).
+    every step, ``current`` naming the step about to run (None at the end); it
+    may raise to stop the pipeline between steps.
     ``stats`` holds ``{"name", "rows_in", "rows_out", "seconds"}`` per step.
-    Raises :class:`StepFailed` (with ``__cause__`` set) when a step raises.
+    Raises :class:`StepFailed` (with ``__cause__`` set) when a step raises,
+    except for the exception types in ``interrupts`` (a time limit, say),
+    which pass through unchanged.
     """
     stats = []
     for step in steps:
@@ -123,6 +126,8 @@ def run(df, steps, on_progress=None):
         except ParameterError as exc:
             placed = exc.at(step.index, step.name)
             raise StepFailed(step.index, step.name, placed.message, placed.code) from exc
+        except interrupts:
+            raise
         except Exception as exc:
             message = f"Step {step.index} ({step.name}) failed with an unexpected {type(exc).__name__}."
             raise StepFailed(step.index, step.name, message) from exc

@@ -56,3 +56,16 @@ def from_celery_state(state):
     has been picked up by something, and nothing says it ended.
     """
     return _FROM_CELERY.get(state, JobStatus.PROCESSING)
+
+
+def job_status(record, celery_state):
+    """The status of a job, from its record and its Celery task state.
+
+    Once a job has ended its record holds the outcome, written once by whoever
+    ended it (the worker, or a cancel), and that outcome is final: a late
+    Celery state (a redelivered message, a revoke) cannot change it. Before
+    that, Celery's state says whether a worker has the job yet.
+    """
+    if record.get("outcome"):
+        return JobStatus(record["outcome"])
+    return from_celery_state(celery_state)

@@ -68,7 +68,6 @@ def test_progress_state_reads_as_processing(client, celery):
 def test_completed_job_returns_data_and_stats(client, celery, app):
     job_id = submit(client).get_json()["job_id"]
     store: JobStore = app.extensions["jobstore"]
-    store.complete(job_id, json.dumps([{"name": "Ada"}]))
     summary = {
         "processed_items": 3,
         "output_items": 1,
@@ -78,7 +77,9 @@ def test_completed_job_returns_data_and_stats(client, celery, app):
             {"name": "select_columns", "rows_in": 1, "rows_out": 1, "seconds": 0.01},
         ],
     }
-    celery.backend.store_result(job_id, summary, "SUCCESS")
+    store.complete(job_id, json.dumps([{"name": "Ada"}]), summary)
+    # The record is written before the task returns: Celery may still say PROGRESS.
+    celery.backend.store_result(job_id, {"operations_done": 2, "operations_total": 2, "current_operation": None}, PROGRESS)
     body = client.get(f"/jobs/{job_id}").get_json()
     assert body["status"] == "completed"
     assert body["message"] == "Successfully processed 3 items with 2 operations"
@@ -102,8 +103,17 @@ def test_revoked_job_without_record_error_still_explains(client, celery):
     job_id = submit(client).get_json()["job_id"]
     celery.backend.store_result(job_id, None, "REVOKED")
     body = client.get(f"/jobs/{job_id}").get_json()
-    assert body["status"] == "failed"
-    assert body["error"]["type"] == "revoked"
+    assert body["status"] == "cancelled"
+    assert body["error"]["type"] == "cancelled"
+
+
+def test_a_hard_time_limit_recorded_only_by_celery_reads_as_time_limit(client, celery):
+    from celery.exceptions import TimeLimitExceeded
+
+    job_id = submit(client).get_json()["job_id"]
+    celery.backend.mark_as_failure(job_id, TimeLimitExceeded(5))
+    body = client.get(f"/jobs/{job_id}").get_json()
+    assert body["status"] == "failed" and body["error"]["type"] == "time_limit"
 
 
 @pytest.mark.parametrize("job_id", ["6f0c1a8e-2d5b-4b3e-9a51-0c1d2e3f4a5b", "not-a-job", "1234", "a b"])

@@ -5,7 +5,7 @@ import json
 import fakeredis
 import pytest
 
-from workers.jobstore import JobStore, is_job_id, key_for, new_job_id
+from workers.jobstore import JobStore, idempotency_key, is_job_id, key_for, new_job_id
 
 TTL = 3600
 
@@ -55,8 +55,10 @@ def test_attempts_count_and_started_at_is_the_first_start(store):
 def test_complete_stores_output_and_drops_input(store):
     job_id = new_job_id()
     store.create(job_id, [], "[1]", rows=1)
-    store.complete(job_id, "[2]")
+    assert store.complete(job_id, "[2]", {"output_items": 1})
     assert store.load_input(job_id) is None
+    assert store.get(job_id)["summary"] == {"output_items": 1}
+    assert store.get(job_id)["outcome"] == "completed"
     assert store.load_output(job_id) == b"[2]"
     assert store.get(job_id)["finished_at"]
     assert 0 < store.redis.ttl(key_for(job_id, "output")) <= TTL
@@ -76,3 +78,38 @@ def test_delete_removes_every_key(store):
     store.create(job_id, [], "[]", rows=0)
     store.delete(job_id)
     assert store.redis.keys("*") == []
+
+
+def test_a_job_ends_once_whoever_ends_it_first_wins(store):
+    job_id = new_job_id()
+    store.create(job_id, [], "[1]", rows=1)
+    assert store.cancel(job_id)
+    assert not store.complete(job_id, "[2]", {})  # the worker finishing later changes nothing
+    assert not store.fail(job_id, {"type": "x", "message": "y", "operation_index": None})
+    assert not store.cancel(job_id)
+    record = store.get(job_id)
+    assert record["outcome"] == "cancelled" and record["error"]["type"] == "cancelled"
+    assert store.load_output(job_id) is None
+    assert store.is_finished(job_id)
+
+
+def test_ending_an_unknown_job_writes_nothing(store):
+    assert not store.complete(new_job_id(), "[]", {})
+    assert store.redis.keys("*") == []
+
+
+def test_is_finished_only_once_ended(store):
+    job_id = new_job_id()
+    store.create(job_id, [], "[]", rows=0)
+    assert not store.is_finished(job_id)
+    store.fail(job_id, {"type": "x", "message": "y", "operation_index": None})
+    assert store.is_finished(job_id)
+
+
+def test_an_idempotency_key_is_claimed_once_per_owner(store):
+    assert store.claim_idempotency_key("alice", "k1", "digest-a", "job-1") is None
+    assert store.claim_idempotency_key("alice", "k1", "digest-b", "job-2") == ("job-1", "digest-a")
+    assert store.claim_idempotency_key("bob", "k1", "digest-b", "job-3") is None  # keys are per owner
+    store.release_idempotency_key("alice", "k1")
+    assert store.claim_idempotency_key("alice", "k1", "digest-c", "job-4") is None
+    assert 0 < store.redis.ttl(idempotency_key("alice", "k1")) <= TTL

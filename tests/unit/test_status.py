@@ -3,7 +3,7 @@
 import pytest
 from celery import states
 
-from workers.status import PROGRESS, JobStatus, from_celery_state
+from workers.status import PROGRESS, JobStatus, from_celery_state, job_status
 
 EXPECTED = {
     states.PENDING: JobStatus.STARTED,
@@ -13,7 +13,7 @@ EXPECTED = {
     PROGRESS: JobStatus.PROCESSING,
     states.SUCCESS: JobStatus.COMPLETED,
     states.FAILURE: JobStatus.FAILED,
-    states.REVOKED: JobStatus.FAILED,
+    states.REVOKED: JobStatus.CANCELLED,
     states.REJECTED: JobStatus.FAILED,
     states.IGNORED: JobStatus.FAILED,
 }
@@ -39,5 +39,18 @@ def test_statuses_never_go_backwards_along_celerys_lifecycle():
 
 
 def test_terminal_statuses():
-    assert {s for s in JobStatus if s.is_terminal} == {JobStatus.COMPLETED, JobStatus.FAILED}
+    assert {s for s in JobStatus if s.is_terminal} == {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
     assert JobStatus("completed") == "completed"  # a str enum: serialises as its value
+
+
+@pytest.mark.parametrize("outcome", ["completed", "failed", "cancelled"])
+@pytest.mark.parametrize("state", [states.PENDING, states.STARTED, PROGRESS, states.SUCCESS, states.FAILURE])
+def test_a_recorded_outcome_wins_over_any_celery_state(outcome, state):
+    # A job cancelled while running, or finished by a first delivery and then
+    # redelivered, keeps the outcome written first whatever Celery says later.
+    assert job_status({"outcome": outcome}, state) is JobStatus(outcome)
+
+
+def test_without_an_outcome_celerys_state_decides():
+    assert job_status({}, states.PENDING) is JobStatus.STARTED
+    assert job_status({}, PROGRESS) is JobStatus.PROCESSING

@@ -1,0 +1,35 @@
+"""Test-only operations, loaded into the fault tests' gateway and workers through ``OPERATION_MODULES``.
+
+They are registered exactly as the built-in ones are, and never ship in the
+default catalogue: only a process started with
+``OPERATION_MODULES=tests.faults.ops`` knows them.
+"""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from workers.operations import operation
+
+
+@operation(
+    {
+        "seconds": {"type": "number", "minimum": 0, "description": "How long to sleep."},
+        "pid_file": {"type": ["string", "null"], "description": "File to append this process's pid to first."},
+    }
+)
+def sleep(df, seconds, pid_file=None):
+    """Sleep, interruptibly (a long step); append this worker process's pid to ``pid_file`` first."""
+    if pid_file:
+        with Path(pid_file).open("a") as out:
+            out.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return df
+
+
+@operation({})
+def crash(df):
+    """Kill this worker process with SIGKILL, as the OOM killer would."""
+    os.kill(os.getpid(), signal.SIGKILL)
+    return df
