@@ -34,6 +34,20 @@ task_soft_time_limit = settings.get("JOB_SOFT_TIME_LIMIT")
 task_time_limit = settings.get("JOB_HARD_TIME_LIMIT")
 broker_transport_options = {"visibility_timeout": settings.get("BROKER_VISIBILITY_TIMEOUT")}
 
+# Redis outages. The worker reconnects to the broker by itself however long Redis is gone
+# (Celery's default gives up after 100 tries, about 50 minutes, and the worker exits).
+broker_connection_max_retries = None
+# A job running when the broker connection drops goes on, and is acknowledged once Redis is
+# back; True would cancel it and run it again (Celery 6 makes True the default: pin it).
+worker_cancel_long_running_tasks_on_connection_loss = False
+# A task's writes to the result backend (progress, its result) wait out a short outage,
+# ~30 s with exponential backoff, instead of failing the job: by default only the final
+# SET is retried, not the GET before it, nor update_state.
+result_backend_always_retry = True
+result_backend_max_retries = 30
+result_backend_base_sleep_between_retries_ms = 100
+result_backend_max_sleep_between_retries_ms = 2000
+
 result_expires = settings.get("JOB_TTL_SECONDS")
 task_default_queue = "datajobs"
 broker_connection_retry_on_startup = True

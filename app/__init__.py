@@ -4,12 +4,17 @@ Start it with ``flask --app app run`` (development) or
 ``gunicorn "app:create_app()"`` (production).
 """
 
-import logging
+from flask import Flask, request
 
-from flask import Flask
-
-from workers import jobstore, settings
+from workers import jobstore, logs, settings
+from workers.operations import load_modules
 from workers.celery import make_app as make_celery
+
+
+def _bind_job():
+    """Tag the request's log lines with the job its URL names (``POST /jobs`` binds its new job itself)."""
+    job_id = (request.view_args or {}).get("job_id")
+    logs.bind_job(job_id if jobstore.is_job_id(job_id) else None)
 
 
 def create_app(test_config=None):
@@ -24,8 +29,11 @@ def create_app(test_config=None):
     app.config.from_mapping({name: settings.get(name) for name in settings.SETTINGS})
     app.config.update(test_config or {})
     app.json.sort_keys = False
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(app.config["LOG_FORMAT"])
+    app.before_request(_bind_job)
+    app.teardown_request(lambda exc: logs.bind_job(None))
 
+    load_modules(app.config["OPERATION_MODULES"])
     redis_client = app.config.get("REDIS") or jobstore.connect(app.config["REDIS_URL"])
     app.extensions["jobstore"] = jobstore.JobStore(redis_client, app.config["JOB_TTL_SECONDS"])
     app.extensions["celery"] = app.config.get("CELERY") or make_celery(
@@ -34,10 +42,12 @@ def create_app(test_config=None):
         result_expires=app.config["JOB_TTL_SECONDS"],
     )
 
-    from app import errors, health, jobs, operations
+    from app import auth, errors, health, jobs, openapi, operations
 
     errors.init_app(app)
+    auth.init_app(app)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
     return app

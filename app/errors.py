@@ -8,6 +8,7 @@ never an HTML page, never a traceback.
 import logging
 import re
 
+import celery.exceptions
 import kombu.exceptions
 import redis.exceptions
 from flask import current_app, jsonify
@@ -20,7 +21,14 @@ log = logging.getLogger(__name__)
 #: Seconds a client should wait before retrying when the backend is down.
 RETRY_AFTER_SECONDS = 5
 
-BACKEND_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError)
+#: Redis unreachable: for the job store (redis-py), the broker (kombu) and the result backend
+#: (Celery's BackendGetMetaError once the retries of ``result_backend_always_retry`` are spent).
+BACKEND_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+    celery.exceptions.BackendGetMetaError,
+)
 
 
 def error_response(status, code, message, headers=None, **details):

@@ -6,13 +6,15 @@ import json
 import logging
 import re
 
+from billiard.exceptions import WorkerLostError
+from celery.exceptions import TimeLimitExceeded
 from flask import Blueprint, current_app, request, url_for
 
 from app.auth import current_owner
 from app.errors import BACKEND_ERRORS, error_response
 from app.validation import read_job
 from workers.celery import RUN_JOB
-from workers.errors import InvalidRequest
+from workers.errors import InvalidRequest, hard_time_limit_error, job_error
 from workers.jobstore import is_job_id, new_job_id
 from workers.status import JobStatus, job_status
 
@@ -181,18 +183,13 @@ def _job_body(job_id, record):
     return body
 
 
-#: Why a job ended, when the worker could not record it itself: Celery's exception type -> error.
-_CELERY_ERRORS = {
-    "TimeLimitExceeded": ("time_limit", "The job ran past the hard time limit; its worker process was stopped."),
-    "WorkerLostError": ("worker_lost", "The worker process running the job died."),
-}
-
-
 def _celery_error(meta):
     """An ``error`` for a job that ended without a record of why (revoked, a lost worker...)."""
+    result = meta.get("result")  # for FAILURE, Celery hands back the exception itself
     if meta["status"] == "REVOKED":
-        kind, message = "cancelled", "The job was revoked before it finished."
-    else:
-        exc_type = type(meta.get("result")).__name__  # Celery hands back the exception itself
-        kind, message = _CELERY_ERRORS.get(exc_type, ("worker_error", "The job ended without a result; see the worker log."))
-    return {"type": kind, "message": message, "operation_index": None}
+        return job_error("cancelled", "The job was revoked before it finished.")
+    if isinstance(result, TimeLimitExceeded):  # the worker is about to record the same
+        return hard_time_limit_error(float(result.args[0]) if result.args else 0)
+    if isinstance(result, WorkerLostError):
+        return job_error("worker_lost", "The worker process running the job died.")
+    return job_error("worker_error", "The job ended without a result; see the worker log.")

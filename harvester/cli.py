@@ -1,8 +1,11 @@
 """The ``harvester`` command line: ``run``, ``operations`` and ``status``.
 
 Logs go to stderr; with ``--json`` stdout holds exactly one JSON document.
-Exit codes are :class:`ExitCode`; :data:`ERROR_OUTCOMES` says which error ends
-with which.
+Exit codes are :class:`ExitCode`; :data:`JOB_OUTCOMES` says which a job's end
+status gives, :data:`ERROR_OUTCOMES` which error ends with which.
+
+Every command that talks to the gateway takes ``--token`` (or ``$GATEWAY_TOKEN``);
+the token is sent as ``Authorization: Bearer`` and never printed or logged.
 """
 
 import enum
@@ -13,7 +16,7 @@ import sys
 import click
 
 from harvester import __version__
-from harvester.client import GatewayClient
+from harvester.client import GatewayClient, check_token
 from harvester.errors import (
     GatewayError,
     GatewayUnreachable,
@@ -22,6 +25,7 @@ from harvester.errors import (
     JobNotFound,
     JobTimeout,
     ServerError,
+    Unauthorized,
 )
 from harvester.harvest import Harvest
 from harvester.io import output_format
@@ -38,14 +42,23 @@ class ExitCode(enum.IntEnum):
 
     OK = 0
     JOB_FAILED = 1
-    USAGE = 2  # bad arguments or input, or the gateway refused the request (4xx)
+    USAGE = 2  # bad arguments or input, or the gateway refused the request or the token (4xx, 401)
     TIMEOUT = 3
     UNREACHABLE = 4  # the gateway was unreachable (or failing with a 5xx) until the deadline
+    CANCELLED = 5  # the job was cancelled (DELETE /jobs/<id>) before it completed
 
+
+#: Exit code of a run whose job ended, by the job's status.
+JOB_OUTCOMES = {
+    JobStatus.COMPLETED: ExitCode.OK,
+    JobStatus.FAILED: ExitCode.JOB_FAILED,
+    JobStatus.CANCELLED: ExitCode.CANCELLED,
+}
 
 #: (error class, exit code, outcome in the summary); the first class that matches wins.
 ERROR_OUTCOMES = (
     (InputError, ExitCode.USAGE, "input_error"),
+    (Unauthorized, ExitCode.USAGE, "unauthorized"),
     (JobNotFound, ExitCode.USAGE, "not_found"),
     (ServerError, ExitCode.UNREACHABLE, "gateway_error"),
     (GatewayError, ExitCode.USAGE, "rejected"),
@@ -90,13 +103,34 @@ def _gateway_option(command):
     )(command)
 
 
+def _check_token(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        # Surrounding whitespace (a newline from a file) is dropped, as the gateway drops it from API_TOKENS.
+        return check_token(value.strip())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _token_option(command):
+    return click.option(
+        "--token",
+        metavar="TOKEN",
+        envvar="GATEWAY_TOKEN",
+        show_envvar=True,
+        callback=_check_token,
+        help="Bearer token for a gateway that has API_TOKENS set. Never printed or logged.",
+    )(command)
+
+
 def _json_option(command):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(command)
 
 
-def _client(gateway):
+def _client(gateway, token=None):
     try:
-        return GatewayClient(gateway)
+        return GatewayClient(gateway, token=token)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--gateway'") from None
 
@@ -136,7 +170,15 @@ def main():
     metavar="PATH",
     help="Write the processed records here (.jsonl, .csv, .json or .parquet) with PATH.manifest.json beside it.",
 )
+@click.option(
+    "--raw-csv",
+    is_flag=True,
+    help="CSV output: write text cells exactly as received. By default a text cell starting with "
+    "=, +, -, @, tab or carriage return (not a plain number such as -12.5) gets a leading ' "
+    "so spreadsheets do not run it as a formula.",
+)
 @_gateway_option
+@_token_option
 @click.option(
     "--poll-interval",
     type=click.FloatRange(min=0, min_open=True),
@@ -152,7 +194,7 @@ def main():
     help="Give up this many seconds after starting (exit 3, or 4 if the gateway is unreachable).",
 )
 @_json_option
-def run(source, ops, operations_file, output, gateway, poll_interval, timeout, as_json):
+def run(source, ops, operations_file, output, raw_csv, gateway, token, poll_interval, timeout, as_json):
     """Submit SOURCE with operations, wait for the job, and write what it returns.
 
     SOURCE is a .csv, .tsv, .json (array of objects) or .jsonl file, or an
@@ -160,7 +202,8 @@ def run(source, ops, operations_file, output, gateway, poll_interval, timeout, a
 
     \b
     Exit codes: 0 completed, 1 job failed, 2 usage or input error (or the
-    gateway refused the job), 3 timeout, 4 gateway unreachable.
+    gateway refused the job or the token), 3 timeout, 4 gateway unreachable,
+    5 job cancelled.
     """
     try:
         operations = load_operations(operations_file) if operations_file else []
@@ -175,11 +218,19 @@ def run(source, ops, operations_file, output, gateway, poll_interval, timeout, a
             output_format(output)
         except InputError as exc:
             raise click.BadParameter(str(exc), param_hint="'--output'") from None
-    client = _client(gateway)
-    harvest = Harvest(client, source, operations, output=output, poll_interval=poll_interval, timeout=timeout)
+    client = _client(gateway, token)
+    harvest = Harvest(
+        client,
+        source,
+        operations,
+        output=output,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        neutralise_formulas=not raw_csv,
+    )
     try:
         summary = harvest.run()
-        code = ExitCode.OK if harvest.status is JobStatus.COMPLETED else ExitCode.JOB_FAILED
+        code = JOB_OUTCOMES[harvest.status]
     except HarvesterError as exc:
         code, outcome = outcome_of(exc)
         log.error("%s", exc)
@@ -193,11 +244,12 @@ def run(source, ops, operations_file, output, gateway, poll_interval, timeout, a
 
 @main.command()
 @_gateway_option
+@_token_option
 @_json_option
-def operations(gateway, as_json):
+def operations(gateway, token, as_json):
     """List the operations the gateway offers, with their parameters."""
     try:
-        catalogue = _client(gateway).operations()
+        catalogue = _client(gateway, token).operations()
     except HarvesterError as exc:
         _fail(exc)
     if as_json:
@@ -209,14 +261,18 @@ def operations(gateway, as_json):
 @main.command()
 @click.argument("job_id")
 @_gateway_option
+@_token_option
 @_json_option
-def status(job_id, gateway, as_json):
-    """Show one job: status, progress, timings, and its error if it failed."""
-    client = _client(gateway)
+def status(job_id, gateway, token, as_json):
+    """Show one job: status, progress, timings, and its error if it failed or was cancelled."""
+    client = _client(gateway, token)
     try:
         job = client.job(job_id)
     except JobNotFound:
-        _fail(InputError(f"No job {job_id} at {client.base_url}: the id is unknown, or the job expired."))
+        why = "the id is unknown, the job expired, or another token created it"
+        if not token:
+            why = "the id is unknown, or the job expired"
+        _fail(InputError(f"No job {job_id} at {client.base_url}: {why}."))
     except HarvesterError as exc:
         _fail(exc)
     if as_json:

@@ -8,22 +8,30 @@ of the call it serves. When it gives up, the client raises
 :meth:`GatewayClient.wait` then try again at the next poll while their deadline
 holds. Other error answers raise :class:`~harvester.errors.GatewayError` at once.
 
+An optional bearer token goes in ``Authorization`` on every request to the
+gateway (and only there: the session also fetches source URLs, so the token is
+a per-request ``requests`` auth, never a session header). It is kept out of
+every repr, log line and error message.
+
 One client per thread: a ``requests.Session`` is not meant to be shared between
 threads.
 """
 
 import contextvars
+import json
 import logging
+import re
 import time
 import uuid
 from urllib.parse import quote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
 from urllib3.util.retry import Retry
 
 from harvester import __version__
-from harvester.errors import GatewayError, GatewayUnreachable, JobNotFound, JobTimeout, ServerError
+from harvester.errors import GatewayError, GatewayUnreachable, JobNotFound, JobTimeout, ServerError, Unauthorized
 from workers.status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,8 @@ DEFAULT_TIMEOUT = (3.05, 30.0)
 RETRY_STATUSES = frozenset({502, 503, 504})
 #: Shortest timeout given to an attempt made at or just after a deadline.
 MIN_ATTEMPT_TIMEOUT = 0.5
+#: What a bearer token may hold: visible ASCII, no spaces (anything else cannot go in a header as is).
+TOKEN_PATTERN = re.compile(r"[\x21-\x7e]+")
 
 # The deadline of the call in progress. urllib3 copies the Retry for every attempt
 # and requests has no per-request retry hook, so the Retry reads the deadline
@@ -95,8 +105,8 @@ def make_retry(total=4, backoff_factor=0.5, backoff_max=10.0):
         backoff_max: longest sleep between two attempts, in seconds.
 
     POST is retried too: the client sends an ``Idempotency-Key`` with every
-    submission so that a retried POST does not create a second job once the
-    gateway honours the key.
+    submission, so a retried POST gets the job the first try made (answered 200)
+    rather than a second job.
     """
     return GatewayRetry(
         total=total,
@@ -180,6 +190,42 @@ def sleep_until(interval, deadline):
     time.sleep(max(0.0, min(interval, _remaining(deadline))))
 
 
+def check_token(token):
+    """Return ``token`` if it can be sent as ``Authorization: Bearer <token>``.
+
+    Raises:
+        ValueError: it is empty or holds spaces, control or non-ASCII characters.
+            The message never shows the token.
+    """
+    if not isinstance(token, str) or not TOKEN_PATTERN.fullmatch(token):
+        raise ValueError(
+            "The token cannot be sent in an HTTP header: it must be non-empty visible ASCII "
+            "without spaces (it is not shown here)."
+        )
+    return token
+
+
+class BearerAuth(AuthBase):
+    """``requests`` auth that sends ``Authorization: Bearer <token>``; its repr hides the token."""
+
+    def __init__(self, token):
+        self._token = check_token(token)
+
+    def __call__(self, request):
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def redact(self, value):
+        """Return ``value`` (text or any JSON value) with the token replaced by ``***``, should a server echo it."""
+        if isinstance(value, str):
+            return value.replace(self._token, "***")
+        # The token is visible ASCII: in JSON text it is itself, but for " and \ escaped.
+        return json.loads(json.dumps(value).replace(json.dumps(self._token)[1:-1], "***"))
+
+    def __repr__(self):
+        return "BearerAuth(token=***)"
+
+
 class GatewayClient:
     """Client of one datajobs gateway.
 
@@ -188,20 +234,24 @@ class GatewayClient:
         timeout: (connect, read) timeout of each HTTP attempt, in seconds.
         retry: a urllib3 ``Retry``; default :func:`make_retry`. Use a
             :class:`GatewayRetry` to keep the deadline and status-retry logging.
+        token: bearer token sent to the gateway with every request, or None.
 
     Raises:
-        ValueError: ``base_url`` is not an http(s) URL.
+        ValueError: ``base_url`` is not an http(s) URL, or ``token`` cannot be sent
+            (see :func:`check_token`).
 
     Every method takes an optional ``deadline`` (a ``time.monotonic()`` value):
     retries stop and timeouts shrink so the call ends near it.
     """
 
-    def __init__(self, base_url, timeout=DEFAULT_TIMEOUT, retry=None):
+    def __init__(self, base_url, timeout=DEFAULT_TIMEOUT, retry=None, token=None):
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"The gateway must be an http(s) URL such as http://127.0.0.1:5000. Got {base_url!r}.")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        # Per request, not on the session: the session also fetches source URLs.
+        self.auth = BearerAuth(token) if token is not None else None
         self.session = make_session(retry)
 
     def __repr__(self):
@@ -217,7 +267,12 @@ class GatewayClient:
         self.close()
 
     def submit(self, dataset, operations, *, idempotency_key=None, deadline=None):
-        """Submit a job: ``POST /jobs``. Return the gateway's answer ``{"job_id", "status", "message"}``.
+        """Submit a job: ``POST /jobs``. Return the gateway's answer: a dict with ``job_id`` and ``status``.
+
+        A new job is answered 202 ``{"job_id", "status", "message"}``. A submission
+        the gateway already has under the same ``Idempotency-Key`` (a retried POST
+        whose first answer was lost) is answered 200 with that job, as
+        ``GET /jobs/<id>`` shows it; both are returned alike.
 
         Args:
             dataset: list of records (dicts of JSON values).
@@ -226,15 +281,40 @@ class GatewayClient:
                 Pass the same key when submitting the same job again.
 
         Raises:
-            GatewayError: the gateway refused the job (4xx, e.g. ``unknown_operation``).
-            ServerError: the gateway failed with a 5xx other than 502/503/504.
+            Unauthorized: the gateway needs a token, or refused this one (401).
+            GatewayError: the gateway refused the job (4xx, e.g. ``unknown_operation``,
+                or 409 ``idempotency_key_reused``: the key names a different job).
+            ServerError: the gateway failed with a 5xx other than 502/503/504, or
+                answered without a job id.
             GatewayUnreachable: the retries are exhausted.
         """
-        # The gateway does not honour the key yet (a later version will): retried
-        # POSTs may still create a second job until then.
-        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        key = idempotency_key or str(uuid.uuid4())
         body = {"dataset": dataset, "operations": operations}
-        return self._json("POST", "/jobs", deadline=deadline, json=body, headers=headers)
+        try:
+            response = self._send("POST", "/jobs", deadline=deadline, json=body, headers={"Idempotency-Key": key})
+        except GatewayError as exc:
+            if exc.code == "idempotency_key_reused":
+                raise GatewayError(
+                    exc.status,
+                    exc.code,
+                    f"{exc.message} The gateway holds a different job under this submission's Idempotency-Key "
+                    f"{key}; nothing was submitted. Run again to submit with a new key.",
+                    exc.details,
+                ) from None
+            raise
+        answer = self._body(response)
+        if not isinstance(answer, dict) or not answer.get("job_id"):
+            raise ServerError(
+                response.status_code, "invalid_response", f"POST {response.url} answered without a job_id."
+            )
+        if response.status_code == 200:
+            log.info(
+                "The gateway already had this submission (Idempotency-Key %s): job %s, %s.",
+                key,
+                answer["job_id"],
+                answer.get("status"),
+            )
+        return answer
 
     def job(self, job_id, *, deadline=None):
         """Return one job: ``GET /jobs/<id>``.
@@ -296,24 +376,47 @@ class GatewayClient:
 
     def _json(self, method, path, *, deadline=None, **kwargs):
         """Send a request to the gateway and return its JSON body, or raise the fitting error."""
+        return self._body(self._send(method, path, deadline=deadline, **kwargs))
+
+    def _send(self, method, path, *, deadline=None, **kwargs):
+        """Send a request to the gateway and return its (2xx or 3xx) response, or raise the fitting error."""
         url = self.base_url + path
-        response = send(self.session, method, url, timeout=self.timeout, deadline=deadline, **kwargs)
+        response = send(self.session, method, url, timeout=self.timeout, deadline=deadline, auth=self.auth, **kwargs)
         if response.status_code in RETRY_STATUSES:
-            error = gateway_error(response)
+            error = self._error(response)
             raise GatewayUnreachable(f"{method} {url} kept answering {error.status} ({error.code}: {error.message})")
         if response.status_code >= 400:
-            raise gateway_error(response)
+            raise self._error(response)
+        return response
+
+    @staticmethod
+    def _body(response):
         try:
             return response.json()
         except ValueError:
             raise ServerError(
-                response.status_code, "invalid_response", f"{method} {url} answered something that is not JSON."
+                response.status_code,
+                "invalid_response",
+                f"{response.request.method} {response.url} answered something that is not JSON.",
             ) from None
+
+    def _error(self, response):
+        """:func:`gateway_error` for this client: a 401 says what to do, and the token is never in the text."""
+        error = gateway_error(response)
+        message, details = error.message, error.details
+        if isinstance(error, Unauthorized):
+            if self.auth is None:
+                message = f"The gateway needs a token: pass --token or set $GATEWAY_TOKEN ({message})."
+            else:
+                message = f"The gateway refused the token given by --token or $GATEWAY_TOKEN ({message})."
+        if self.auth is not None:
+            message, details = self.auth.redact(message), self.auth.redact(details)
+        return type(error)(error.status, error.code, message, details)
 
 
 def gateway_error(response):
-    """Return the :class:`GatewayError` (or :class:`ServerError`) an error response stands for."""
-    cls = ServerError if response.status_code >= 500 else GatewayError
+    """Return the :class:`GatewayError` (:class:`ServerError`, :class:`Unauthorized`) an error response stands for."""
+    cls = ServerError if response.status_code >= 500 else Unauthorized if response.status_code == 401 else GatewayError
     try:
         error = response.json()["error"]
         return cls(response.status_code, error["code"], error["message"], error.get("details"))

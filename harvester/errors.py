@@ -1,6 +1,6 @@
 """Harvester errors: every error the harvester raises on purpose is a :class:`HarvesterError`.
 
-The CLI maps each class to one exit code (``harvester.cli.EXIT_CODES``); the
+The CLI maps each class to one exit code (``harvester.cli.ERROR_OUTCOMES``); the
 client raises the gateway ones, the readers and writers raise :class:`InputError`.
 """
 
@@ -34,6 +34,10 @@ class GatewayError(HarvesterError):
 
     def __str__(self):
         return f"{self.status} {self.code}: {self.message}"
+
+
+class Unauthorized(GatewayError):
+    """The gateway answered 401: it needs a bearer token, or refused the one sent. The token is never in the message."""
 
 
 class JobNotFound(GatewayError):

@@ -38,25 +38,34 @@ class Harvest:
         output: path to write the processed records to, or None to write nothing.
         poll_interval: seconds between two polls (and two tries of an unreachable gateway).
         timeout: seconds from the start of :meth:`run` after which it gives up.
+        neutralise_formulas: CSV output only: write text cells a spreadsheet would
+            run as formulas with a leading ``'`` (:func:`harvester.io.neutralise_formula`).
 
     The attributes (``job_id``, ``job``, ``rows_in``...) fill in as the run goes,
     so :meth:`summary` can describe a run that stopped half way.
     """
 
-    def __init__(self, client, source, operations, *, output=None, poll_interval=2.0, timeout=300.0):
+    def __init__(
+        self, client, source, operations, *, output=None, poll_interval=2.0, timeout=300.0, neutralise_formulas=True
+    ):
         self.client, self.source, self.operations = client, source, operations
         self.output, self.poll_interval, self.timeout = output, poll_interval, timeout
+        self.neutralise_formulas = neutralise_formulas
         self.output_format = self.manifest = None
         self.job_id = self.job = self.rows_in = None
         self.started = self.ended = None
         self.timings = {}
 
     def run(self):
-        """Run the harvest and return its :meth:`summary`. A failed job is an outcome, not an error.
+        """Run the harvest and return its :meth:`summary`. A failed or cancelled job is an outcome, not an error.
+
+        Only a completed job's records are written (with the manifest): a failed or
+        cancelled job leaves nothing at the output path.
 
         Raises:
             InputError: bad output path, unreadable source, or the records cannot be written.
-            GatewayError: the gateway refused the job (4xx) or failed (5xx, ``ServerError``).
+            GatewayError: the gateway refused the job or the token (4xx, ``Unauthorized`` for 401)
+                or failed (5xx, ``ServerError``).
             GatewayUnreachable: the gateway could not be reached by the deadline.
             JobTimeout: the job had not ended by the deadline.
         """
@@ -93,7 +102,7 @@ class Harvest:
         return self.summary()
 
     def _submit(self, dataset, deadline):
-        # One key for every try of this submission: once the gateway honours it, a retry cannot make a second job.
+        # One key for every try of this submission: a retry gets the job the first try made (200), not a second one.
         key = str(uuid.uuid4())
         return retry_until(
             lambda: self.client.submit(dataset, self.operations, idempotency_key=key, deadline=deadline),
@@ -127,7 +136,9 @@ class Harvest:
     def _write(self):
         data = self.job.get("data") or {}
         records = data.get("data") or []
-        io.write_records(records, self.output, self.output_format)
+        written = io.write_records(
+            records, self.output, self.output_format, neutralise_formulas=self.neutralise_formulas
+        )
         # seconds: wall time from reading the source to the output written.
         timings = {**self.timings, "seconds": round(time.monotonic() - self.started, 3)}
         manifest = build_manifest(
@@ -139,9 +150,16 @@ class Harvest:
             output=self.output,
             output_format=self.output_format,
             timings=timings,
+            neutralise_formulas=self.neutralise_formulas and written.format == "csv",
+            cells_neutralised=written.cells_neutralised,
         )
         io.write_json(manifest, manifest_path(self.output))
         self.manifest = manifest_path(self.output)
+        if written.cells_neutralised:
+            log.info(
+                "Wrote %s with a leading ' so spreadsheets do not run them as formulas (--raw-csv to keep them as is).",
+                _plural(written.cells_neutralised, "text cell"),
+            )
         log.info("Wrote %d records to %s and the manifest to %s.", len(records), self.output, self.manifest)
 
     @property
@@ -173,7 +191,7 @@ class Harvest:
             "manifest": self.manifest,
             "error": None,
         }
-        if self.status is JobStatus.FAILED:
+        if self.status in (JobStatus.FAILED, JobStatus.CANCELLED):
             summary["error"] = dict(self.job.get("error") or {})
             index = summary["error"].get("operation_index")
             if isinstance(index, int) and 0 <= index < len(self.operations):

@@ -4,6 +4,12 @@ Readers take a local path or an http(s) URL of a ``.csv``, ``.tsv``, ``.json``
 (an array of objects) or ``.jsonl`` file; the format comes from the extension.
 Writers write ``.jsonl``, ``.csv``, ``.json`` or ``.parquet`` atomically: a
 temporary file in the same directory, then ``os.replace``.
+
+CSV output is meant for spreadsheets, which run a cell starting with ``=``, ``+``,
+``-``, ``@``, a tab or a carriage return as a formula (CSV injection). Unless told
+not to, the CSV writer writes such text cells with a leading ``'`` (OWASP's advice),
+except text that is a plain number such as ``-12.5``; see :func:`neutralise_formula`.
+Other formats are written as received.
 """
 
 import contextlib
@@ -11,7 +17,9 @@ import csv
 import io
 import json
 import os
+import re
 import uuid
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from harvester.client import make_session, send
@@ -27,6 +35,10 @@ WRITE_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".json": "json", ".parquet": 
 #: CSV cells read as null. Only these: pandas' longer default list would also turn
 #: real values such as "NA" (Namibia) or "None" into nulls.
 CSV_NULLS = ["", "NaN", "nan"]
+#: First characters that make a spreadsheet read a text cell as a formula (OWASP: CSV injection).
+FORMULA_CHARS = frozenset("=+-@\t\r")
+#: Text a spreadsheet reads as a plain number, not a formula ("-12.5", "+3", ".5", "1e5", "-1.5E-3").
+PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 def is_url(source):
@@ -202,11 +214,22 @@ def columns(records):
     return list(seen)
 
 
-def write_records(records, path, fmt=None):
-    """Write ``records`` to ``path`` atomically and return the format written.
+class Written(NamedTuple):
+    """What :func:`write_records` wrote."""
+
+    format: str
+    #: CSV text cells written with a leading ``'`` (:func:`neutralise_formula`); 0 for other formats.
+    cells_neutralised: int = 0
+
+
+def write_records(records, path, fmt=None, *, neutralise_formulas=True):
+    """Write ``records`` to ``path`` atomically and return what was written (:class:`Written`).
 
     Args:
         fmt: ``jsonl``, ``csv``, ``json`` or ``parquet``; from the extension when None.
+        neutralise_formulas: CSV only: write text cells a spreadsheet would run as a
+            formula with a leading ``'`` (:func:`neutralise_formula`). False writes
+            them exactly as received. Other formats are never changed.
 
     CSV cells of nested values (objects, arrays) hold their JSON text; None is an
     empty cell. Parquet columns are typed by pyarrow from the values.
@@ -215,6 +238,7 @@ def write_records(records, path, fmt=None):
         InputError: unknown extension, or the records cannot be written in that format.
     """
     fmt = fmt or output_format(path)
+    changed = 0
     try:
         if fmt == "parquet":
             import pyarrow.parquet as pq
@@ -222,12 +246,28 @@ def write_records(records, path, fmt=None):
             table = _arrow_table(records)
             with atomic_open(path, "wb") as f:
                 pq.write_table(table, f)
+        elif fmt == "csv":
+            with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+                changed = _write_csv(records, f, neutralise_formulas)
         else:
             with atomic_open(path, "w", encoding="utf-8", newline="") as f:
                 _TEXT_WRITERS[fmt](records, f)
     except OSError as exc:
         raise InputError(f"Cannot write {path}: {exc.strerror or exc}.") from None
-    return fmt
+    return Written(fmt, changed)
+
+
+def neutralise_formula(text):
+    """Return ``text`` with a ``'`` in front if a spreadsheet would read it as a formula, else ``text``.
+
+    A formula is text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+    return (:data:`FORMULA_CHARS`), unless the whole text is a plain decimal number
+    (:data:`PLAIN_NUMBER`: ``-12.5``, ``+3``, ``1e5``), which spreadsheets read as
+    that number: ``"=SUM(A1)"`` -> ``"'=SUM(A1)"``, ``"-12.5"`` -> ``"-12.5"``.
+    """
+    if text[:1] in FORMULA_CHARS and not PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
 
 
 def write_json(value, path):
@@ -269,20 +309,31 @@ def _write_json(records, f):
     f.write("\n")
 
 
-def _csv_cell(value):
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
-    return value
+def _write_csv(records, f, neutralise=True):
+    """Write ``records`` as CSV to ``f``; return how many text cells were neutralised."""
+    changed = 0
 
+    def cell(value):
+        nonlocal changed
+        if isinstance(value, str):
+            if neutralise:
+                safe = neutralise_formula(value)
+                if safe is not value:
+                    changed += 1
+                return safe
+            return value
+        if isinstance(value, (dict, list)):
+            return json.dumps(value, ensure_ascii=False)
+        return value
 
-def _write_csv(records, f):
     writer = csv.DictWriter(f, fieldnames=columns(records), restval="", lineterminator="\n")
     writer.writeheader()
     for record in records:
-        writer.writerow({key: _csv_cell(value) for key, value in record.items()})
+        writer.writerow({key: cell(value) for key, value in record.items()})
+    return changed
 
 
-_TEXT_WRITERS = {"jsonl": _write_jsonl, "json": _write_json, "csv": _write_csv}
+_TEXT_WRITERS = {"jsonl": _write_jsonl, "json": _write_json}
 
 
 def _arrow_table(records):

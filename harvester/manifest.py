@@ -12,7 +12,19 @@ def manifest_path(output):
     return f"{output}.manifest.json"
 
 
-def build_manifest(*, source, gateway, job, operations, rows_in, output, output_format, timings):
+def build_manifest(
+    *,
+    source,
+    gateway,
+    job,
+    operations,
+    rows_in,
+    output,
+    output_format,
+    timings,
+    neutralise_formulas=False,
+    cells_neutralised=0,
+):
     """Return the manifest of a completed job as a JSON-ready dict.
 
     Args:
@@ -25,6 +37,11 @@ def build_manifest(*, source, gateway, job, operations, rows_in, output, output_
         timings: ``started_at``, ``submitted_at``, ``finished_at`` (ISO 8601 UTC, when
             the harvester started, had the job accepted, saw it end) and ``seconds``
             (its wall time); the gateway's job timestamps are added here as ``job``.
+        neutralise_formulas: whether CSV formula neutralisation was applied (only
+            ever true for CSV output without ``--raw-csv``).
+        cells_neutralised: how many text cells it changed.
+
+    No token is ever part of a manifest.
     """
     data = job.get("data") or {}
     return {
@@ -41,5 +58,10 @@ def build_manifest(*, source, gateway, job, operations, rows_in, output, output_
             **timings,
             "job": {key: job.get(key) for key in ("created_at", "started_at", "finished_at")},
         },
-        "output": {"path": str(output), "format": output_format},
+        "output": {
+            "path": str(output),
+            "format": output_format,
+            "neutralise_formulas": neutralise_formulas,
+            "cells_neutralised": cells_neutralised,
+        },
     }

@@ -9,6 +9,7 @@ _OUTCOME_TEXT = {
     "unreachable": "gateway unreachable",
     "gateway_error": "gateway error",
     "rejected": "refused by the gateway",
+    "unauthorized": "token missing or refused by the gateway",
     "input_error": "input error",
     "not_found": "not found",
 }
@@ -31,6 +32,8 @@ def format_summary(summary):
         where = f" at operation {at}" if at is not None else ""
         where += f" ({name})" if name else ""
         head = f"{job} failed{seconds}{where}: {error.get('type', 'error')}: {error.get('message', '')}"
+    elif outcome == JobStatus.CANCELLED:
+        head = f"{job} was cancelled{seconds}" + (f": {error['message']}" if error.get("message") else ".")
     else:
         after = f" after {summary['seconds']:.1f} s" if summary["seconds"] is not None else ""
         head = f"{job}: {_OUTCOME_TEXT.get(outcome, outcome)}{after}"

@@ -110,3 +110,13 @@ class JobFailed(DataJobsError):
     """Raised by the task so Celery records FAILURE; the details are in the job record."""
 
     code = "job_failed"
+
+
+def job_error(kind, message, operation_index=None):
+    """The ``error`` object of a job that ended failed or cancelled."""
+    return {"type": kind, "message": message, "operation_index": operation_index}
+
+
+def hard_time_limit_error(seconds):
+    """The ``error`` of a job whose process the hard time limit killed (written by worker or gateway)."""
+    return job_error("time_limit", f"The job ran past the hard time limit of {seconds:g} s; its worker process was stopped.")

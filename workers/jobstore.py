@@ -29,6 +29,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from workers import settings
+from workers.errors import job_error
 
 KEY_PREFIX = "datajobs"
 
@@ -173,7 +174,7 @@ class JobStore:
 
     def cancel(self, job_id):
         """End the job ``cancelled``. False if it had ended already."""
-        error = {"type": "cancelled", "message": "The job was cancelled by request.", "operation_index": None}
+        error = job_error("cancelled", "The job was cancelled by request.")
         return self._finish(job_id, "cancelled", {"error": error})
 
     def _finish(self, job_id, outcome, extra, output_json=None):

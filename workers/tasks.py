@@ -26,7 +26,7 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 
 from workers import frames, operations, pipeline, settings
 from workers.celery import RUN_JOB, app
-from workers.errors import JobFailed, StepFailed
+from workers.errors import JobFailed, StepFailed, hard_time_limit_error, job_error
 from workers.jobstore import JobStore, connect
 from workers.status import PROGRESS
 
@@ -55,9 +55,7 @@ class JobTask(app.Task):
         # Celery calls this in the worker's main process when the hard time limit
         # has killed the process running the job: nobody else is left to say so.
         if isinstance(exc, TimeLimitExceeded):
-            limit = settings.get("JOB_HARD_TIME_LIMIT")
-            message = f"The job ran past the hard time limit of {limit:g} s; its worker process was stopped."
-            job_store().fail(task_id, {"type": "time_limit", "message": message, "operation_index": None})
+            job_store().fail(task_id, hard_time_limit_error(settings.get("JOB_HARD_TIME_LIMIT")))
 
 
 @app.task(bind=True, base=JobTask, name=RUN_JOB, throws=(JobFailed,))
@@ -76,11 +74,11 @@ def run_job(self, job_id):
             f"The worker process running this job died {record['attempts']} times "
             f"(the limit is {max_attempts}); the job was stopped so it cannot take down more workers."
         )
-        _fail(store, job_id, {"type": "worker_lost", "message": message, "operation_index": None})
+        _fail(store, job_id, job_error("worker_lost", message))
     dataset = store.load_input(job_id)
     if dataset is None:
         message = "The job's dataset expired before a worker could run it."
-        _fail(store, job_id, {"type": "expired", "message": message, "operation_index": None})
+        _fail(store, job_id, job_error("expired", message))
     attempt = store.mark_started(job_id)
     log.info("job %s: attempt %d, %d operations", job_id, attempt, record["operations_total"])
 
@@ -102,8 +100,7 @@ def run_job(self, job_id):
             raise Ignore() from None
         except SoftTimeLimitExceeded:
             limit = settings.get("JOB_SOFT_TIME_LIMIT")
-            _fail(store, job_id, {"type": "time_limit", "message": f"The job ran past the time limit of {limit:g} s.",
-                                  "operation_index": None})
+            _fail(store, job_id, job_error("time_limit", f"The job ran past the time limit of {limit:g} s."))
         except StepFailed as exc:
             log.warning("job %s: %s", job_id, exc.message, exc_info=exc.__cause__)
             _fail(store, job_id, exc.to_json())

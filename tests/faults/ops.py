@@ -3,6 +3,10 @@
 They are registered exactly as the built-in ones are, and never ship in the
 default catalogue: only a process started with
 ``OPERATION_MODULES=tests.faults.ops`` knows them.
+
+The gateway dry-runs every pipeline on a zero-row frame to check column names
+(``pipeline.check_columns``), so these do nothing on an empty frame: an
+operation must be a pure function of its frame, and these only pretend not to be.
 """
 
 import os
@@ -21,6 +25,8 @@ from workers.operations import operation
 )
 def sleep(df, seconds, pid_file=None):
     """Sleep, interruptibly (a long step); append this worker process's pid to ``pid_file`` first."""
+    if df.empty:
+        return df
     if pid_file:
         with Path(pid_file).open("a") as out:
             out.write(f"{os.getpid()}\n")
@@ -31,5 +37,17 @@ def sleep(df, seconds, pid_file=None):
 @operation({})
 def crash(df):
     """Kill this worker process with SIGKILL, as the OOM killer would."""
+    if df.empty:
+        return df
     os.kill(os.getpid(), signal.SIGKILL)
+    return df
+
+
+@operation({"seconds": {"type": "number", "minimum": 0, "description": "How long to hang."}})
+def hang(df, seconds):
+    """Hang where no signal handler runs (as in a C extension), so only killing the process stops it."""
+    if df.empty:
+        return df
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # Celery's soft time limit
+    time.sleep(seconds)
     return df

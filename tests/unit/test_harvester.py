@@ -12,9 +12,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from harvester.client import GatewayClient, attempt_timeout
+from harvester.client import BearerAuth, GatewayClient, attempt_timeout, check_token
 from harvester.errors import InputError
-from harvester.io import check_output, columns, parse_records, read_records, write_json, write_records
+from harvester.io import (
+    check_output,
+    columns,
+    neutralise_formula,
+    parse_records,
+    read_records,
+    write_json,
+    write_records,
+)
 from harvester.manifest import manifest_path
 from harvester.operations import load_operations, parse_op
 from harvester.report import format_catalogue
@@ -128,7 +136,7 @@ def test_source_that_is_not_utf8_is_an_input_error():
 def test_json_writers_round_trip(tmp_path, ext):
     path = str(tmp_path / f"out.{ext}")
 
-    assert write_records(RECORDS, path) == ext
+    assert write_records(RECORDS, path) == (ext, 0)
 
     assert read_records(path) == RECORDS
     assert "Zoë" in open(path, encoding="utf-8").read()  # written as UTF-8, not \u escapes
@@ -214,6 +222,93 @@ def test_writers_create_missing_directories(tmp_path):
     assert path.read_text() == "a\n1\n"
 
 
+# CSV formula neutralisation
+
+
+@pytest.mark.parametrize(
+    "text, written",
+    [
+        ("=1+2", "'=1+2"),
+        ("+33 6 12 34 56", "'+33 6 12 34 56"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tx", "'\tx"),
+        ("\rx", "'\rx"),
+        ("-", "'-"),
+        ("--1", "'--1"),
+        ("-1,5", "'-1,5"),
+        ("-12.5 ", "'-12.5 "),  # not entirely a number
+        ("-inf", "'-inf"),
+        ("-١٢", "'-١٢"),  # only ASCII digits make a plain number
+        # Plain decimal numbers: spreadsheets read them as numbers, not formulas.
+        ("-12.5", "-12.5"),
+        ("+3", "+3"),
+        ("-.5", "-.5"),
+        ("-3.", "-3."),
+        ("1e5", "1e5"),
+        ("-1.5E-3", "-1.5E-3"),
+        ("+2e+10", "+2e+10"),
+        # No trigger at the start.
+        ("plain", "plain"),
+        ("a=b", "a=b"),
+        (" =1", " =1"),
+        ("'=1", "'=1"),
+        ("", ""),
+    ],
+)
+def test_neutralise_formula(text, written):
+    assert neutralise_formula(text) == written
+
+
+FORMULA_RECORDS = [
+    {"s": "=HYPERLINK(\"http://x\")", "n": -3, "x": -1.5, "b": True, "z": None, "j": {"k": "=x"}},
+    {"s": "-12.5", "n": 0, "x": 2.0, "b": False, "z": "@me", "j": ["-y"]},
+    {"s": "\tTab", "n": 1, "x": -0.0, "b": None, "z": "ok", "j": None},
+]
+
+
+def read_csv_rows(path):
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_csv_writer_neutralises_text_cells_only(tmp_path):
+    path = str(tmp_path / "out.csv")
+
+    written = write_records(FORMULA_RECORDS, path)
+
+    assert written == ("csv", 3)
+    assert read_csv_rows(path) == [
+        ["s", "n", "x", "b", "z", "j"],
+        # Numbers, booleans, nulls and the JSON text of nested values are never changed.
+        ["'=HYPERLINK(\"http://x\")", "-3", "-1.5", "True", "", '{"k": "=x"}'],
+        ["-12.5", "0", "2.0", "False", "'@me", '["-y"]'],
+        ["'\tTab", "1", "-0.0", "", "ok", ""],
+    ]
+
+
+def test_raw_csv_writes_text_cells_as_received(tmp_path):
+    path = str(tmp_path / "out.csv")
+
+    written = write_records(FORMULA_RECORDS, path, neutralise_formulas=False)
+
+    assert written == ("csv", 0)
+    rows = read_csv_rows(path)
+    assert [row[0] for row in rows[1:]] == ["=HYPERLINK(\"http://x\")", "-12.5", "\tTab"]
+    assert rows[2][4] == "@me"
+
+
+@pytest.mark.parametrize("ext", ["jsonl", "json", "parquet"])
+def test_other_formats_are_never_neutralised(tmp_path, ext):
+    path = str(tmp_path / f"out.{ext}")
+    records = [{"s": "=1+2", "t": "@me"}, {"s": "-x", "t": "\tTab"}]
+
+    assert write_records(records, path) == (ext, 0)
+
+    written = pq.read_table(path).to_pylist() if ext == "parquet" else read_records(path)
+    assert written == records
+
+
 def test_columns_and_manifest_path():
     assert columns([{"b": 1, "a": 2}, {"c": 3, "a": 4}]) == ["b", "a", "c"]
     assert manifest_path("out/data.csv") == "out/data.csv.manifest.json"
@@ -283,6 +378,29 @@ def test_bad_operations_files(tmp_path, text, complaint):
 def test_client_refuses_a_gateway_that_is_not_an_http_url():
     with pytest.raises(ValueError, match="http"):
         GatewayClient("127.0.0.1:5000")
+
+
+@pytest.mark.parametrize("token", ["", "secret word", "secret\nline", " secret", "sécret", None, 42])
+def test_tokens_that_cannot_go_in_a_header_are_refused_without_being_shown(token):
+    with pytest.raises(ValueError, match="cannot be sent in an HTTP header") as caught:
+        check_token(token)
+    assert "ecret" not in str(caught.value)
+
+
+def test_tokens_of_visible_ascii_are_accepted():
+    assert check_token("abc-123._~+/=!$") == "abc-123._~+/=!$"
+
+
+def test_bearer_auth_sets_the_header_and_hides_the_token():
+    auth = BearerAuth("tok/en+=")
+
+    class Request:
+        headers = {}
+
+    assert auth(Request()).headers == {"Authorization": "Bearer tok/en+="}
+    assert repr(auth) == "BearerAuth(token=***)"
+    assert auth.redact('bad token "tok/en+="') == 'bad token "***"'
+    assert auth.redact({"tried": ["tok/en+="], "n": 1}) == {"tried": ["***"], "n": 1}
 
 
 def test_attempt_timeout_shrinks_to_the_deadline(monkeypatch):

@@ -5,6 +5,7 @@ request it gets, so the tests see exactly what went over the wire: how many
 tries, which headers, which body.
 """
 
+import functools
 import json
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from click.testing import CliRunner
 
 from harvester.cli import ExitCode, main
 from harvester.client import GatewayClient, make_retry
-from harvester.errors import GatewayError, GatewayUnreachable, JobNotFound, JobTimeout
+from harvester.errors import GatewayError, GatewayUnreachable, JobNotFound, JobTimeout, ServerError, Unauthorized
 
 JOB_ID = "3f2c5a0e8d8a4b6f9c1e2d3a4b5c6d7e"
 TIMES = {
@@ -29,7 +30,10 @@ TIMES = {
 
 
 class FakeGateway:
-    """A tiny gateway: answers ``(method, path)`` from a script; the last answer of a script repeats."""
+    """A tiny gateway: answers ``(method, path)`` from a script; the last answer of a script repeats.
+
+    The answer :data:`DROP` closes the connection without answering, as a gateway that dies mid-request.
+    """
 
     def __init__(self):
         self.requests = []  # (method, path, headers, body) as received
@@ -43,6 +47,9 @@ class FakeGateway:
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 status, payload, headers = gateway._next(self.command, self.path, (dict(self.headers), body))
+                if status is None:
+                    self.close_connection = True
+                    return
                 data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -123,7 +130,13 @@ FAILED = job(
 ACCEPTED = (202, {"job_id": JOB_ID, "status": "started", "message": "Job accepted."}, {"Location": f"/jobs/{JOB_ID}"})
 REFUSED = (400, {"error": {"code": "unknown_operation", "message": "Step 0: unknown operation 'nope'.", "details": {}}})
 UNAVAILABLE = (503, {"error": {"code": "backend_unavailable", "message": "Redis is down.", "details": {}}})
+DROP = (None, None)
 JOB_PATH = f"/jobs/{JOB_ID}"
+
+
+@pytest.fixture(autouse=True)
+def no_token_in_the_environment(monkeypatch):
+    monkeypatch.delenv("GATEWAY_TOKEN", raising=False)
 
 
 @pytest.fixture
@@ -141,8 +154,8 @@ def closed_url():
     return f"http://127.0.0.1:{port}"
 
 
-def fast_client(url):
-    return GatewayClient(url, retry=make_retry(backoff_factor=0.001))
+def fast_client(url, token=None):
+    return GatewayClient(url, retry=make_retry(backoff_factor=0.001), token=token)
 
 
 # The client
@@ -297,7 +310,9 @@ def test_run_submits_polls_and_writes_output_and_manifest(gateway, source, ops_f
     assert manifest["operations"] == body["operations"]
     assert (manifest["rows_in"], manifest["rows_out"]) == (3, 2)
     assert [s["name"] for s in manifest["operation_stats"]] == ["drop_nulls", "limit"]
-    assert manifest["output"] == {"path": str(output), "format": "csv"}
+    assert manifest["output"] == {
+        "path": str(output), "format": "csv", "neutralise_formulas": True, "cells_neutralised": 0
+    }
     assert manifest["timings"]["job"] == TIMES
     assert manifest["timings"]["submitted_at"].endswith("+00:00")
     assert manifest["timings"]["seconds"] >= 0
@@ -483,3 +498,280 @@ def test_python_dash_m_harvester():
 
     assert result.returncode == 0
     assert "harvester, version" in result.stdout
+
+
+# Tokens
+
+TOKEN = "s3cret-Tok.en_42"
+
+
+def authorizations(gateway):
+    return [(method, path, headers.get("Authorization")) for method, path, headers, _ in gateway.requests]
+
+
+def test_token_goes_with_every_gateway_request_but_not_to_the_source_and_is_never_shown(gateway, tmp_path):
+    gateway.on("GET", "/data/in.jsonl", (200, b'{"a": 1}\n'))
+    run_job(gateway, job("processing"), COMPLETED)
+    output = tmp_path / "out.csv"
+
+    result = invoke(
+        "run", f"{gateway.url}/data/in.jsonl", "--output", str(output), "--gateway", gateway.url,
+        "--token", TOKEN, "--poll-interval", "0.01", "--json",
+    )  # fmt: skip
+
+    assert result.exit_code == ExitCode.OK, result.output
+    sent = authorizations(gateway)
+    assert sent[0] == ("GET", "/data/in.jsonl", None)  # the source is not the gateway: no token
+    assert sent[1] == ("POST", "/jobs", f"Bearer {TOKEN}")
+    assert sent[2:] == [("GET", JOB_PATH, f"Bearer {TOKEN}")] * 2
+    manifest = (tmp_path / "out.csv.manifest.json").read_text()
+    for text in (result.stdout, result.stderr, output.read_text(), manifest):
+        assert TOKEN not in text
+
+
+def test_refused_token_exits_2_with_one_error_line_that_never_shows_it(gateway, source, tmp_path):
+    # Even a gateway that echoes the token back does not get it printed.
+    error = {"code": "unauthorized", "message": f"Unknown token {TOKEN}.", "details": {"sent": f"Bearer {TOKEN}"}}
+    gateway.on("POST", "/jobs", (401, {"error": error}, {"WWW-Authenticate": "Bearer"}))
+
+    result = invoke(
+        "run", source, "--output", str(tmp_path / "out.csv"), "--gateway", gateway.url, "--token", TOKEN, "--json"
+    )
+
+    assert result.exit_code == ExitCode.USAGE
+    assert TOKEN not in result.stdout and TOKEN not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1
+    assert errors[0].endswith(
+        "401 unauthorized: The gateway refused the token given by --token or $GATEWAY_TOKEN (Unknown token ***.)."
+    )
+    summary = json.loads(result.stdout)
+    assert (summary["outcome"], summary["exit_code"]) == ("unauthorized", 2)
+    assert summary["error"]["details"] == {"sent": "Bearer ***"}
+    assert "token missing or refused by the gateway" in result.stderr
+    assert len(gateway.requests) == 1  # a 401 is not retried
+    assert list(tmp_path.iterdir()) == [tmp_path / "in.csv"]
+
+
+def test_gateway_that_needs_a_token_says_how_to_give_one(gateway):
+    error = {"code": "unauthorized", "message": "A bearer token is required.", "details": {}}
+    gateway.on("GET", "/operations", (401, {"error": error}, {"WWW-Authenticate": "Bearer"}))
+
+    result = invoke("operations", "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.USAGE
+    assert "The gateway needs a token: pass --token or set $GATEWAY_TOKEN (A bearer token is required.)" in (
+        result.stderr
+    )
+    assert authorizations(gateway) == [("GET", "/operations", None)]
+
+
+def test_token_from_the_environment_for_operations_and_status(gateway):
+    gateway.on("GET", "/operations", (200, {"operations": []}))
+    gateway.on("GET", JOB_PATH, (200, COMPLETED))
+    env = {"GATEWAY_TOKEN": f"{TOKEN}\n"}  # surrounding whitespace, as an env file may leave, is dropped
+
+    listed = invoke("operations", "--gateway", gateway.url, env=env)
+    shown = invoke("status", JOB_ID, "--gateway", gateway.url, env=env)
+
+    assert (listed.exit_code, shown.exit_code) == (ExitCode.OK, ExitCode.OK), listed.output + shown.output
+    assert [auth for _, _, auth in authorizations(gateway)] == [f"Bearer {TOKEN}"] * 2
+    assert TOKEN not in listed.output + shown.output
+
+
+def test_unknown_job_with_a_token_may_belong_to_another_token(gateway):
+    result = invoke("status", "nope", "--gateway", gateway.url, "--token", TOKEN)
+
+    assert result.exit_code == ExitCode.USAGE
+    assert "or another token created it" in result.stderr
+    assert TOKEN not in result.stderr
+
+
+@pytest.mark.parametrize("token", ["", "two words", "line\nbreak", "naïve"])
+def test_token_that_cannot_be_sent_is_a_usage_error_that_does_not_show_it(gateway, source, token):
+    result = invoke("run", source, "--gateway", gateway.url, "--token", token)
+
+    assert result.exit_code == ExitCode.USAGE
+    assert "Invalid value for '--token' (env var: 'GATEWAY_TOKEN'): The token cannot be sent" in result.stderr
+    if token:
+        assert token not in result.output and token.split()[0] not in result.output
+    assert gateway.requests == []
+
+
+def test_the_token_is_in_no_repr_and_no_error(closed_url):
+    client = GatewayClient(closed_url, retry=make_retry(total=0), token=TOKEN)
+
+    with pytest.raises(GatewayUnreachable) as caught:
+        client.health()
+
+    for text in (repr(client), repr(client.auth), repr(vars(client)), str(caught.value), repr(caught.value)):
+        assert TOKEN not in text
+    with pytest.raises(ValueError) as bad:
+        GatewayClient(closed_url, token=f"{TOKEN} x")
+    assert TOKEN not in str(bad.value)
+
+
+def test_client_raises_unauthorized_for_a_401(gateway):
+    gateway.on("GET", JOB_PATH, (401, {"error": {"code": "unauthorized", "message": "No.", "details": {}}}))
+
+    with pytest.raises(Unauthorized, match="refused the token"):
+        fast_client(gateway.url, token=TOKEN).job(JOB_ID)
+
+
+# Cancelled jobs
+
+CANCELLED = job(
+    "cancelled",
+    done=1,
+    error={"type": "cancelled", "message": "The job was cancelled (DELETE /jobs/<id>).", "operation_index": None},
+)
+
+
+def test_cancelled_job_exits_5_and_writes_nothing(gateway, source, tmp_path):
+    run_job(gateway, job("processing", done=1), CANCELLED)
+
+    result = invoke(
+        "run", source, "--output", str(tmp_path / "out.csv"), "--gateway", gateway.url,
+        "--poll-interval", "0.01", "--json",
+    )  # fmt: skip
+
+    assert result.exit_code == ExitCode.CANCELLED == 5
+    assert f"Job {JOB_ID} was cancelled in " in result.stderr
+    assert "The job was cancelled (DELETE /jobs/<id>)." in result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["outcome"], summary["status"], summary["exit_code"]) == ("cancelled", "cancelled", 5)
+    assert summary["error"]["type"] == "cancelled"
+    assert summary["output"] is None and summary["manifest"] is None
+    assert list(tmp_path.iterdir()) == [tmp_path / "in.csv"]  # no output, no manifest
+
+
+# Idempotent submissions
+
+
+def test_replayed_submission_answered_200_is_followed_like_a_new_job(gateway, source, tmp_path):
+    # The first POST is lost with its connection; its retry, same key, gets the job the first one made.
+    gateway.on("POST", "/jobs", DROP, (200, job("processing", done=1), {"Location": JOB_PATH}))
+    gateway.on("GET", JOB_PATH, (200, COMPLETED))
+    output = tmp_path / "out.jsonl"
+
+    result = invoke("run", source, "--output", str(output), "--gateway", gateway.url, "--poll-interval", "0.01")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    posts = gateway.seen("POST")
+    assert len(posts) == 2 and posts[0][2]["Idempotency-Key"] == posts[1][2]["Idempotency-Key"]
+    assert "The gateway already had this submission" in result.stderr
+    assert f"Submitted job {JOB_ID}" in result.stderr
+    assert [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()] == OUTPUT
+
+
+def test_client_returns_a_replayed_job_even_when_it_is_already_done(gateway):
+    gateway.on("POST", "/jobs", (200, COMPLETED, {"Location": JOB_PATH}))
+
+    answer = fast_client(gateway.url).submit([{"a": 1}], ["drop_nulls"], idempotency_key="k-1")
+
+    assert (answer["job_id"], answer["status"]) == (JOB_ID, "completed")
+    assert gateway.seen("POST")[0][2]["Idempotency-Key"] == "k-1"
+
+
+def test_submit_answer_without_a_job_id_is_a_server_error(gateway):
+    gateway.on("POST", "/jobs", (200, {"status": "completed"}))
+
+    with pytest.raises(ServerError, match="without a job_id"):
+        fast_client(gateway.url).submit([{"a": 1}], [])
+
+
+def test_reused_idempotency_key_exits_2_and_says_nothing_was_submitted(gateway, source, tmp_path):
+    error = {"code": "idempotency_key_reused", "message": "This Idempotency-Key was used with another body.",
+             "details": {}}  # fmt: skip
+    gateway.on("POST", "/jobs", (409, {"error": error}))
+
+    result = invoke("run", source, "--output", str(tmp_path / "out.csv"), "--gateway", gateway.url, "--json")
+
+    assert result.exit_code == ExitCode.USAGE
+    assert "409 idempotency_key_reused: This Idempotency-Key was used with another body." in result.stderr
+    assert "nothing was submitted. Run again to submit with a new key." in result.stderr
+    assert json.loads(result.stdout)["outcome"] == "rejected"
+    assert len(gateway.seen("POST")) == 1
+    assert list(tmp_path.iterdir()) == [tmp_path / "in.csv"]
+
+
+# Outages while polling
+
+
+def test_polling_rides_out_an_outage_and_writes_the_output(gateway, source, tmp_path, monkeypatch):
+    # The CLI's own client, with tiny backoffs: its retries run out in milliseconds, not seconds.
+    monkeypatch.setattr("harvester.client.make_retry", functools.partial(make_retry, backoff_factor=0.001))
+    down = (503, UNAVAILABLE[1], {"Retry-After": "0"})
+    gateway.on("POST", "/jobs", ACCEPTED)
+    gateway.on(
+        "GET",
+        JOB_PATH,
+        (200, job("processing")),
+        *[down] * 5,  # every try of one poll: that poll fails, the next comes a poll interval later
+        DROP,
+        DROP,  # the gateway's process is gone...
+        (503, UNAVAILABLE[1], {"Retry-After": "1"}),  # ...and back, asking for a second
+        (200, job("processing", done=1)),
+        (200, COMPLETED),
+    )
+    output = tmp_path / "out.jsonl"
+    started = time.monotonic()
+
+    result = invoke(
+        "run", source, "--output", str(output), "--gateway", gateway.url,
+        "--poll-interval", "0.05", "--timeout", "30", "--json",
+    )  # fmt: skip
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert 1 <= time.monotonic() - started < 10  # Retry-After: 1 was honoured, the deadline was not waited for
+    assert len(gateway.seen("GET")) == 1 + 5 + 4 + 1
+    assert "answered 503; retrying" in result.stderr
+    assert f"Polling job {JOB_ID} failed" in result.stderr and "kept answering 503" in result.stderr
+    assert "Retrying" in result.stderr  # urllib3's warning after a dropped connection
+    assert [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()] == OUTPUT
+    assert json.loads((tmp_path / "out.jsonl.manifest.json").read_text())["rows_out"] == 2
+    assert json.loads(result.stdout)["outcome"] == "completed"
+
+
+# CSV formulas
+
+FORMULA_JOB = job(
+    "completed",
+    done=2,
+    data={
+        "processed_items": 2,
+        "output_items": 2,
+        "data": [
+            {"id": 1, "name": "=1+2", "count": -2, "ok": True},
+            {"id": 2, "name": "-12.5", "count": None, "ok": False, "note": "@home"},
+        ],
+        "operations": [],
+    },
+)
+
+
+@pytest.mark.parametrize(
+    "name, flags, expected, neutralised, cells",
+    [
+        ("out.csv", [], "id,name,count,ok,note\n1,'=1+2,-2,True,\n2,-12.5,,False,'@home\n", True, 2),
+        ("out.csv", ["--raw-csv"], "id,name,count,ok,note\n1,=1+2,-2,True,\n2,-12.5,,False,@home\n", False, 0),
+        ("out.jsonl", [], None, False, 0),  # JSON Lines: written as received
+    ],
+)
+def test_csv_output_neutralises_formulas_unless_raw_and_the_manifest_says_so(
+    gateway, source, tmp_path, name, flags, expected, neutralised, cells
+):
+    run_job(gateway, FORMULA_JOB)
+    output = tmp_path / name
+
+    result = invoke("run", source, "--output", str(output), *flags, "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.OK, result.output
+    text = output.read_text(encoding="utf-8")
+    if expected is None:
+        assert [json.loads(line) for line in text.splitlines()] == FORMULA_JOB["data"]["data"]
+    else:
+        assert text == expected
+    manifest = json.loads((tmp_path / f"{name}.manifest.json").read_text())
+    assert (manifest["output"]["neutralise_formulas"], manifest["output"]["cells_neutralised"]) == (neutralised, cells)
+    assert ("Wrote 2 text cells with a leading '" in result.stderr) is (cells == 2)

@@ -1,0 +1,64 @@
+"""Promise 1: a dying worker loses nothing, and a job that kills its worker every time ends failed."""
+
+import os
+import signal
+
+import pytest
+import redis
+
+import localstack
+from tests.faults.conftest import submit, wait_for
+from workers.jobstore import key_for
+
+
+@pytest.fixture(scope="module")
+def stack(start_stack):
+    return start_stack(concurrency=1)
+
+
+def pids(path):
+    return path.read_text().split() if path.exists() else []
+
+
+def test_a_job_whose_worker_process_is_killed_runs_again_and_completes_once(stack, fault_redis, tmp_path):
+    pid_file = tmp_path / "pids"
+    dataset = [{"id": i, "name": f" item {i} "} for i in range(50)]
+    operations = [
+        {"name": "sleep", "params": {"seconds": 1.5, "pid_file": str(pid_file)}},
+        {"name": "normalize_text", "params": {"columns": ["name"]}},
+        {"name": "filter_rows", "params": {"column": "id", "operator": "lt", "value": 10}},
+    ]
+    job_id = submit(stack.url, operations, dataset).json()["job_id"]
+    localstack.wait_until(lambda: pids(pid_file), 30, "the job starting")
+    os.kill(int(pids(pid_file)[0]), signal.SIGKILL)  # as the OOM killer would, mid-step
+
+    body = wait_for(stack.url, job_id)
+    assert body["status"] == "completed"
+    assert body["data"]["data"] == [{"id": i, "name": f"item {i}"} for i in range(10)]
+    assert body["attempts"] == 2
+    first, second = pids(pid_file)
+    assert first != second  # the second attempt ran in a fresh process
+
+    # One more job through the same single process: once it is done, the killed
+    # job's message has been dealt with, and it ran exactly twice.
+    assert wait_for(stack.url, submit(stack.url, []).json()["job_id"])["status"] == "completed"
+    assert len(pids(pid_file)) == 2
+    client = redis.Redis.from_url(fault_redis)
+    assert client.hget(key_for(job_id), "outcome") == b"completed"
+    assert wait_for(stack.url, job_id) == body  # nothing overwrote the result
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_worker_lost_while_others_flow(stack):
+    crasher = submit(stack.url, ["crash"]).json()["job_id"]
+    others = [submit(stack.url, [{"name": "add_column", "params": {"name": "n", "value": i}}]) for i in range(5)]
+
+    body = wait_for(stack.url, crasher, timeout=90)
+    assert body["status"] == "failed"
+    assert body["error"]["type"] == "worker_lost"
+    assert body["attempts"] == 3  # JOB_MAX_ATTEMPTS' default
+    for i, response in enumerate(others):
+        other = wait_for(stack.url, response.json()["job_id"])
+        assert other["status"] == "completed"
+        assert other["data"]["data"] == [{"id": 1, "n": i}]
+    # And the worker is still there to take new jobs.
+    assert wait_for(stack.url, submit(stack.url, []).json()["job_id"])["status"] == "completed"
