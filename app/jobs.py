@@ -13,6 +13,7 @@ from flask import Blueprint, current_app, request, url_for
 from app.auth import current_owner
 from app.errors import BACKEND_ERRORS, error_response
 from app.validation import read_job
+from workers import logs
 from workers.celery import RUN_JOB
 from workers.errors import InvalidRequest, hard_time_limit_error, job_error
 from workers.jobstore import is_job_id, new_job_id
@@ -45,6 +46,7 @@ def submit():
     key = _idempotency_key()
     dataset, steps = read_job(request, current_app.config)
     owner, store, job_id = current_owner(), _store(), new_job_id()
+    logs.bind_job(job_id)
     operations = [step.to_json() for step in steps]
     store.create(job_id, operations, json.dumps(dataset), rows=len(dataset), owner=owner)
     try:

@@ -222,6 +222,7 @@ def _responses():
     return {
         "Unauthorized": _error(
             "The server has API_TOKENS set and the request has no valid `Authorization: Bearer <token>`.",
+            ["unauthorized"],
             headers={"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
         ),
         "JobNotFound": _error(
