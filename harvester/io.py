@@ -326,7 +326,9 @@ def _write_csv(records, f, neutralise=True):
             return json.dumps(value, ensure_ascii=False)
         return value
 
-    writer = csv.DictWriter(f, fieldnames=columns(records), restval="", lineterminator="\n")
+    # RFC 4180 line ends: with them the writer quotes any cell holding a CR or an LF,
+    # which a bare "\n" terminator would leave unquoted for a CR, splitting the row.
+    writer = csv.DictWriter(f, fieldnames=columns(records), restval="", lineterminator="\r\n")
     writer.writeheader()
     for record in records:
         writer.writerow({key: cell(value) for key, value in record.items()})

@@ -438,3 +438,12 @@ def test_catalogue_text_marks_required_parameters_and_defaults():
     assert "columns  default null   array of string or null" in text
     assert 'how      default "any"  one of "any", "all"' in text
     assert "n  required  integer" in text
+
+
+def test_csv_cells_with_line_breaks_stay_in_their_row(tmp_path):
+    path = str(tmp_path / "out.csv")
+    records = [{"a": "one\rtwo", "b": 1}, {"a": "three\nfour\r\n", "b": 2}]
+
+    write_records(records, path)
+
+    assert read_csv_rows(path) == [["a", "b"], ["one\rtwo", "1"], ["three\nfour\r\n", "2"]]

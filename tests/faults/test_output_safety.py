@@ -1,67 +1,59 @@
-"""A real worker and gateway with ``LOG_FORMAT=json``: user strings with CR/LF reach their logs and forge no line.
+"""Promise 10: output and logs are safe.
+
+CSV the harvester writes cannot run as a spreadsheet formula; logs can be JSON
+lines that carry the job id, and a user string with CR/LF forges no log line;
+error messages quote neither data nor tracebacks.
 
 The stack loads this module through ``OPERATION_MODULES``, which gives it one
 test-only operation that logs a user string and then fails with it, as a
 careless operation would. Only processes told to load the module know it.
 """
 
+import csv
 import json
 import logging
-import shutil
-import time
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import requests
 
 import localstack
+from tests.faults.conftest import submit, wait_for
 from workers import settings
 from workers.operations import operation
 
-pytestmark = pytest.mark.integration
-
-THIS = "tests.integration.test_logs_e2e"
-ENV = {"LOG_FORMAT": "json", "OPERATION_MODULES": THIS}
+THIS = "tests.faults.test_output_safety"
 FIELDS = {"time", "level", "logger", "job_id", "message"}
+HARVESTER = Path(sys.executable).parent / "harvester"
 
 if THIS in settings.get("OPERATION_MODULES"):
 
     @operation({"text": {"type": "string", "description": "What to log, then fail with."}})
     def log_and_fail(df, text):
         """Log ``text``, then raise it (test-only)."""
+        if df.empty:
+            return df
         logging.getLogger(THIS).warning("user text: %s", text)
         raise RuntimeError(text)
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """``(gateway URL, log folder)`` of a json-logging stack with a Redis of its own (the session's worker
-    would otherwise take its jobs)."""
-    log_dir = tmp_path_factory.mktemp("json-logs")
-    redis = localstack.redis_server() if shutil.which("redis-server") else localstack.embedded_redis()
-    with redis as redis_url, localstack.stack(redis_url, concurrency=1, log_dir=log_dir, extra_env=ENV) as url:
-        yield url, log_dir
-
-
-def wait_for_end(url, job_id, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = requests.get(f"{url}/jobs/{job_id}", timeout=10).json()
-        if body["status"] in ("completed", "failed", "cancelled"):
-            return body
-        time.sleep(0.1)
-    raise TimeoutError(f"job {job_id} did not end within {timeout} s")
+def stack(start_stack):
+    return start_stack(concurrency=1, LOG_FORMAT="json", OPERATION_MODULES=f"tests.faults.ops,{THIS}")
 
 
 def test_json_logs_carry_the_job_id_and_keep_user_strings_on_their_line(stack):
-    url, log_dir = stack
+    url, log_dir = stack.url, stack.log_dir
     operations = [
         {"name": "add_column", "params": {"name": "x", "value": "a\r\nFORGED line"}},
         {"name": "log_and_fail", "params": {"text": "b\r\nFORGED line"}},
     ]
-    response = requests.post(f"{url}/jobs", json={"dataset": [{"a": 1}], "operations": operations}, timeout=10)
+    response = submit(url, operations, [{"a": 1}])
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
-    body = wait_for_end(url, job_id)
+    body = wait_for(url, job_id)
 
     # The error tells what failed, not the user's text nor a traceback.
     assert body["status"] == "failed"
@@ -82,3 +74,32 @@ def test_json_logs_carry_the_job_id_and_keep_user_strings_on_their_line(stack):
     assert {"celery.worker.strategy", "workers.tasks", THIS, "celery.app.trace"} <= loggers
     assert any(record["message"] == "user text: b\r\nFORGED line" for record in ours)
     assert any(record.get("exc_info", "").endswith("RuntimeError: b\r\nFORGED line") for record in ours)
+
+
+def test_failed_job_errors_quote_no_data_and_no_traceback(stack):
+    dataset = [{"id": 1, "card": "4111-1111-SECRET"}]
+    body = wait_for(stack.url, submit(stack.url, [{"name": "cast_types", "params": {"types": {"card": "int"}}}], dataset).json()["job_id"])
+    assert body["status"] == "failed" and body["error"]["operation_index"] == 0
+    assert "SECRET" not in json.dumps(body["error"]) and "Traceback" not in json.dumps(body)
+
+
+def run_harvester(stack, source, output, *flags):
+    args = [str(HARVESTER), "run", str(source), "--gateway", stack.url, "-o", str(output), "--poll-interval", "0.1",
+            "--timeout", "60", "--op", "drop_nulls", *flags]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    with output.open(newline="") as rows:
+        return list(csv.DictReader(rows))
+
+
+def test_csv_from_the_harvester_cannot_run_as_a_formula(stack, tmp_path):
+    source = tmp_path / "in.json"
+    cells = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "-12.5", "plain"]
+    source.write_text(json.dumps([{"i": i, "text": text, "n": -i} for i, text in enumerate(cells)]))
+
+    safe = run_harvester(stack, source, tmp_path / "out.csv")
+    assert [row["text"] for row in safe] == ["'" + text for text in cells[:6]] + ["-12.5", "plain"]
+    assert [row["n"] for row in safe] == [str(-i) for i in range(len(cells))]  # numbers are left alone
+
+    raw = run_harvester(stack, source, tmp_path / "raw.csv", "--raw-csv")
+    assert [row["text"] for row in raw] == cells
