@@ -17,7 +17,7 @@ from app.jobs import IDEMPOTENCY_KEY
 from app.validation import JOB_SCHEMA
 from workers.errors import ColumnNotFound, MissingParameter, ParameterError, UnexpectedParameter, UnknownOperation
 from workers.operations import REGISTRY
-from workers.status import JobStatus
+from workers.status import TERMINAL, JobStatus
 
 bp = Blueprint("openapi", __name__)
 
@@ -49,7 +49,9 @@ def step_schema(registry=REGISTRY):
     """
     operations = sorted(registry.values(), key=lambda op: op.name)
     bare = [op.name for op in operations if not op.required]
-    branches = [{"type": "string", "enum": bare, "description": "An operation without required parameters, by name."}]
+    branches = []
+    if bare:
+        branches.append({"type": "string", "enum": bare, "description": "An operation without required parameters."})
     for op in operations:
         branches.append(
             {
@@ -112,8 +114,13 @@ def _schemas(config):
             },
             "required": ["error"],
         },
-        "JobStatus": {"type": "string", "enum": statuses, "description": "started < processing < (completed | failed "
-                      "| cancelled); a job never moves back."},
+        "JobStatus": {
+            "type": "string",
+            "enum": statuses,
+            "description": "started, then processing, then one of "
+            + ", ".join(sorted(status.value for status in TERMINAL))
+            + " (final); a job never moves back.",
+        },
         "Step": step_schema(),
         "JobRequest": job_request_schema(config),
         "JobAccepted": {
@@ -324,8 +331,9 @@ def _paths():
     }
     return {
         "/jobs": {"post": _submit("submitJob", "Submit a job: a dataset and the operations to run over it.")},
-        "/process": {"post": _submit("submitJobLegacy", "The same as POST /jobs: the earlier route, kept for its "
-                                     "clients.", deprecated=True)},
+        "/process": {
+            "post": _submit("submitJobLegacy", "The same as POST /jobs: the earlier route, kept for its clients.", True)
+        },
         "/jobs/{job_id}": {
             "parameters": [job_id],
             "get": {

@@ -31,7 +31,12 @@ from workers.status import PROGRESS, JobStatus
 
 TOKEN = "test-token"
 #: The response matches the document: status code, content type, required headers, body schema.
-CONFORMANCE = [status_code_conformance, content_type_conformance, response_headers_conformance, response_schema_conformance]
+CONFORMANCE = [
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 CHECKS = [not_a_server_error, *CONFORMANCE]
 #: Examples per operation and phase; raise it for a deeper local run (``DATAJOBS_FUZZ_EXAMPLES=500``).
 FUZZ = settings(
