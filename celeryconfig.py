@@ -32,7 +32,13 @@ worker_prefetch_multiplier = 1
 # worker refuses to start otherwise (workers/celery.py).
 task_soft_time_limit = settings.get("JOB_SOFT_TIME_LIMIT")
 task_time_limit = settings.get("JOB_HARD_TIME_LIMIT")
-broker_transport_options = {"visibility_timeout": settings.get("BROKER_VISIBILITY_TIMEOUT")}
+broker_transport_options = {
+    "visibility_timeout": settings.get("BROKER_VISIBILITY_TIMEOUT"),
+    # Every worker looks for messages whose worker vanished (a host gone, a SIGKILLed
+    # worker) every few seconds; kombu's default is every 100 s (10 s x a throttle of 10).
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
+}
 
 # Redis outages. The worker reconnects to the broker by itself however long Redis is gone
 # (Celery's default gives up after 100 tries, about 50 minutes, and the worker exits).

@@ -129,7 +129,10 @@ def start_worker(redis_url, log_path, concurrency=2, extra_env=None, name=None):
     env = _env(redis_url, extra_env)
     if env.get("LOG_FORMAT") == "json":
         args.insert(1, "--quiet")  # `celery --quiet`: the startup banner is printed, not logged; keep to JSON lines
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+    # A session of its own, so a test can kill the worker and its pool processes at once, as a lost host.
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def start_gateway(redis_url, port, log_path, extra_env=None):
