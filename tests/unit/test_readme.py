@@ -28,3 +28,19 @@ def test_operations_table_lists_every_operation_and_its_parameters():
     for name, op in REGISTRY.items():
         for parameter in op.params:
             assert f"`{parameter}" in rows[name], (name, parameter)
+
+
+def test_guarantees_table_names_tests_that_exist():
+    section = README.split("## Guarantees\n", 1)[1].split("\n## ", 1)[0]
+    root = Path(__file__).resolve().parents[2]
+    named = 0
+    for row in [line for line in section.splitlines() if line.startswith("| ") and ("`f/" in line or "`tests/" in line)]:
+        module = None
+        for ref in re.findall(r"`((?:f/|tests/)[\w/]+\.py)?(?:::(\w+))?`", row):
+            path, test = ref
+            if path:
+                module = (root / path.replace("f/", "tests/faults/", 1)).read_text()
+            if test:
+                assert module is not None and f"def {test}(" in module, (row, test)
+                named += 1
+    assert named >= 20
