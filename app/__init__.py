@@ -40,6 +40,10 @@ def create_app(test_config=None):
         broker_url=settings.broker_url(app.config),
         result_backend=settings.result_backend(app.config),
         result_expires=app.config["JOB_TTL_SECONDS"],
+        # A worker rides out an outage; a request must not: the gateway answers 503 at once.
+        result_backend_always_retry=False,
+        redis_socket_connect_timeout=1,
+        redis_socket_timeout=5,
     )
 
     from app import auth, errors, health, jobs, openapi, operations

@@ -7,6 +7,7 @@ import logging
 import re
 
 from billiard.exceptions import WorkerLostError
+from celery import states
 from celery.exceptions import TimeLimitExceeded
 from flask import Blueprint, current_app, request, url_for
 
@@ -149,6 +150,9 @@ def _not_found(job_id):
 def _job_body(job_id, record):
     """The body of ``GET /jobs/<id>``: the record says how a job ended, Celery how far it has got."""
     meta = _celery().backend.get_task_meta(job_id)
+    if not record.get("outcome") and meta["status"] in states.READY_STATES:
+        # The job ended between the two reads; the worker writes the record first.
+        record = _store().get(job_id) or record
     status = job_status(record, meta["status"])
     total = record["operations_total"]
     body = {
@@ -174,8 +178,9 @@ def _job_body(job_id, record):
     elif status is JobStatus.COMPLETED:
         progress.update(operations_done=total, current_operation=None)
         records = json.loads(_store().load_output(job_id) or "[]")
-        body["data"] = {**record["summary"], "data": records}
-        body["message"] = f"Successfully processed {record['summary']['processed_items']} items with {total} operations"
+        summary = record.get("summary") or info
+        body["data"] = {**summary, "data": records}
+        body["message"] = f"Successfully processed {summary['processed_items']} items with {total} operations"
     else:
         progress["current_operation"] = None
         body["error"] = record.get("error") or _celery_error(meta)

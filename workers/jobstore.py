@@ -11,6 +11,7 @@ Keys (all built by :func:`key_for`, all expiring after the job TTL):
 - ``datajobs:job:<id>``         hash: the job record
 - ``datajobs:job:<id>:input``   the submitted dataset (JSON array), deleted once the job ends
 - ``datajobs:job:<id>:output``  the processed dataset (JSON array)
+- ``datajobs:job:<id>:lease``   who is running the job, while they renew it (seconds)
 - ``datajobs:idempotency:<digest>``  the job an ``Idempotency-Key`` created, for the TTL
 
 A record ends exactly once: :meth:`JobStore.complete`, :meth:`JobStore.fail` and
@@ -124,7 +125,7 @@ class JobStore:
 
     def delete(self, job_id):
         """Remove every key of ``job_id`` (used when a job could not be enqueued)."""
-        self.redis.delete(key_for(job_id), key_for(job_id, "input"), key_for(job_id, "output"))
+        self.redis.delete(*(key_for(job_id, part) for part in (None, "input", "output", "lease")))
 
     def get(self, job_id):
         """Return the record of ``job_id`` as a dict, or None when there is none (unknown or expired)."""
@@ -195,6 +196,38 @@ class JobStore:
             return True
 
         return self.redis.transaction(finish, key, value_from_callable=True)
+
+    def take_lease(self, job_id, holder, seconds):
+        """Mark ``job_id`` as run by ``holder`` for ``seconds``. False while another holder's lease lives."""
+        return bool(self.redis.set(key_for(job_id, "lease"), holder, nx=True, px=int(seconds * 1000)))
+
+    def renew_lease(self, job_id, holder, seconds):
+        """Extend ``holder``'s lease on ``job_id``. False if it is no longer theirs."""
+        key = key_for(job_id, "lease")
+
+        def renew(pipe):
+            if pipe.get(key) != holder.encode():
+                return False
+            pipe.multi()
+            pipe.pexpire(key, int(seconds * 1000))
+            return True
+
+        return self.redis.transaction(renew, key, value_from_callable=True)
+
+    def lease_left(self, job_id):
+        """Seconds left on ``job_id``'s lease (0 when there is none)."""
+        return max(self.redis.pttl(key_for(job_id, "lease")), 0) / 1000
+
+    def drop_lease(self, job_id, holder):
+        """Give up ``holder``'s lease on ``job_id``, if it is still theirs."""
+        key = key_for(job_id, "lease")
+
+        def drop(pipe):
+            if pipe.get(key) == holder.encode():
+                pipe.multi()
+                pipe.delete(key)
+
+        self.redis.transaction(drop, key)
 
     def claim_idempotency_key(self, owner, key, digest, job_id):
         """Remember that ``owner``'s ``key`` (for a body with ``digest``) creates ``job_id``.

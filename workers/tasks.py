@@ -11,6 +11,9 @@ every Redis key in ``jobstore.py``. What it adds is the fault handling:
   from the worker's main process;
 - a cancelled job stops at the next operation, and its process is killed when
   one step runs on past ``CANCEL_GRACE_SECONDS``;
+- a job runs in one place at a time: a lease in Redis, renewed while it runs,
+  sends a second delivery of a running job (kombu gives a message back when a
+  broker connection drops, though its job is still running) to wait and retry;
 - a job ends once: whatever ended it first (worker, cancel) is what is kept.
 """
 
@@ -21,6 +24,8 @@ import logging
 import os
 import signal
 import threading
+import time
+import uuid
 
 from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 
@@ -36,6 +41,8 @@ operations.load_modules(settings.get("OPERATION_MODULES"))
 
 #: How often a running job looks for a cancel, in seconds.
 CANCEL_POLL_SECONDS = 0.25
+#: How long a running job's lease lasts unless renewed (every second), in seconds.
+LEASE_SECONDS = 5
 
 
 @functools.cache
@@ -68,6 +75,21 @@ def run_job(self, job_id):
         # leave its outcome alone (Ignore stores no state and acks the message).
         log.info("job %s: %s; nothing to do", job_id, "ended already" if record else "no record (expired)")
         raise Ignore()
+    holder = f"{self.request.hostname}:{os.getpid()}:{uuid.uuid4()}"
+    if not store.take_lease(job_id, holder, LEASE_SECONDS):
+        # Running elsewhere (a message given back on a dropped connection), or its
+        # process just died and the lease has yet to run out: look again after it.
+        wait = store.lease_left(job_id) + 1
+        log.info("job %s: running elsewhere; looking again in %.1f s", job_id, wait)
+        raise self.retry(countdown=wait, max_retries=None)
+    try:
+        return _run(self, store, job_id, record, holder)
+    finally:
+        store.drop_lease(job_id, holder)
+
+
+def _run(task, store, job_id, record, holder):
+    """The body of :func:`run_job`, once this delivery holds the job's lease."""
     max_attempts = settings.get("JOB_MAX_ATTEMPTS")
     if record.get("attempts", 0) >= max_attempts:
         message = (
@@ -83,13 +105,13 @@ def run_job(self, job_id):
     log.info("job %s: attempt %d, %d operations", job_id, attempt, record["operations_total"])
 
     steps = pipeline.parse_steps(record["operations"])
-    with _watch_for_cancel(store, job_id) as cancelled:
+    with _watch(store, job_id, holder) as cancelled:
 
         def report(done, current):
             if cancelled.is_set():
                 raise JobCancelled()
             meta = {"operations_done": done, "operations_total": len(steps), "current_operation": current}
-            self.update_state(state=PROGRESS, meta=meta)
+            task.update_state(state=PROGRESS, meta=meta)
 
         try:
             df = frames.records_to_frame(json.loads(dataset))
@@ -124,8 +146,8 @@ def _fail(store, job_id, error):
 
 
 @contextlib.contextmanager
-def _watch_for_cancel(store, job_id):
-    """While the body runs, watch for ``job_id`` being cancelled; yield an Event set when it is.
+def _watch(store, job_id, holder):
+    """While the body runs, renew its lease and watch for a cancel; yield an Event set on a cancel.
 
     A cancelled job stops at the next operation (the body checks the event). A
     step that runs on for ``CANCEL_GRACE_SECONDS`` after the cancel is stopped
@@ -137,12 +159,16 @@ def _watch_for_cancel(store, job_id):
     grace = settings.get("CANCEL_GRACE_SECONDS")
 
     def watch():
+        renewed = time.monotonic()
         while not done.wait(CANCEL_POLL_SECONDS):
             try:
+                if time.monotonic() - renewed >= 1:
+                    store.renew_lease(job_id, holder, LEASE_SECONDS)
+                    renewed = time.monotonic()
                 if store.is_finished(job_id):
                     break
             except Exception:  # noqa: BLE001 - Redis blips: keep watching
-                log.debug("job %s: cancel check failed", job_id, exc_info=True)
+                log.debug("job %s: lease or cancel check failed", job_id, exc_info=True)
         else:
             return
         cancelled.set()
@@ -150,7 +176,7 @@ def _watch_for_cancel(store, job_id):
             log.warning("job %s: cancelled, and a step ran on for %g s; killing its worker process", job_id, grace)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    watcher = threading.Thread(target=watch, name=f"cancel-watch-{job_id}", daemon=True)
+    watcher = threading.Thread(target=watch, name=f"watch-{job_id}", daemon=True)
     watcher.start()
     try:
         yield cancelled

@@ -82,7 +82,7 @@ def wait_for_all(url, ids, timeout=180):
         while pending and time.monotonic() < deadline:
             for job_id in list(pending):
                 body = session.get(f"{url}/jobs/{job_id}", timeout=30).json()
-                if body["status"] in ("completed", "failed", "cancelled"):
+                if body.get("status") in ("completed", "failed", "cancelled"):
                     done[job_id] = body
                     pending.discard(job_id)
             if pending:

@@ -113,3 +113,16 @@ def test_an_idempotency_key_is_claimed_once_per_owner(store):
     store.release_idempotency_key("alice", "k1")
     assert store.claim_idempotency_key("alice", "k1", "digest-c", "job-4") is None
     assert 0 < store.redis.ttl(idempotency_key("alice", "k1")) <= TTL
+
+
+def test_a_lease_has_one_holder_until_dropped_or_expired(store):
+    job_id = new_job_id()
+    assert store.take_lease(job_id, "a", 5)
+    assert not store.take_lease(job_id, "b", 5)
+    assert 0 < store.lease_left(job_id) <= 5
+    assert store.renew_lease(job_id, "a", 5) and not store.renew_lease(job_id, "b", 5)
+    store.drop_lease(job_id, "b")  # not b's to drop
+    assert not store.take_lease(job_id, "b", 5)
+    store.drop_lease(job_id, "a")
+    assert store.lease_left(job_id) == 0
+    assert store.take_lease(job_id, "b", 5)
