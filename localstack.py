@@ -151,10 +151,12 @@ def live_workers(gateway_url):
         return -1
 
 
-def stop(proc, timeout=15):
-    """Stop ``proc`` gracefully (SIGTERM), then kill it if it lingers."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+def stop(*procs, timeout=15):
+    """Stop ``procs`` gracefully (SIGTERM to all, then wait for each), killing any that linger."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -187,9 +189,7 @@ class Stack:
         return "\n".join(path.read_text(errors="replace") for path in sorted(self.log_dir.glob("*.log")))
 
     def stop(self):
-        for proc in [self.gateway, *reversed(self.workers)]:
-            if proc is not None:
-                stop(proc)
+        stop(*[proc for proc in [self.gateway, *self.workers] if proc is not None])
 
 
 @contextlib.contextmanager
