@@ -174,7 +174,9 @@ def _job_body(job_id, record):
         body["message"] = "Queued: waiting for a worker."
     elif status is JobStatus.PROCESSING:
         done, current = progress["operations_done"], progress["current_operation"]
-        body["message"] = f"Processing: {done} of {total} operations done" + (f", running {current}." if current else ".")
+        body["message"] = f"Processing: {done} of {total} operations done" + (
+            f", running {current}." if current else "."
+        )
     elif status is JobStatus.COMPLETED:
         progress.update(operations_done=total, current_operation=None)
         records = json.loads(_store().load_output(job_id) or "[]")

@@ -119,4 +119,6 @@ def job_error(kind, message, operation_index=None):
 
 def hard_time_limit_error(seconds):
     """The ``error`` of a job whose process the hard time limit killed (written by worker or gateway)."""
-    return job_error("time_limit", f"The job ran past the hard time limit of {seconds:g} s; its worker process was stopped.")
+    return job_error(
+        "time_limit", f"The job ran past the hard time limit of {seconds:g} s; its worker process was stopped."
+    )

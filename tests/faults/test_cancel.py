@@ -56,7 +56,9 @@ def test_a_queued_job_that_is_cancelled_never_runs(stack, tmp_path):
 
 def test_a_running_job_stops_between_operations(stack, tmp_path):
     pid_file = tmp_path / "pids"
-    job_id = submit(stack.url, [sleep(1, pid_file), sleep(1, pid_file), sleep(1, pid_file), "drop_nulls"]).json()["job_id"]
+    job_id = submit(stack.url, [sleep(1, pid_file), sleep(1, pid_file), sleep(1, pid_file), "drop_nulls"]).json()[
+        "job_id"
+    ]
     localstack.wait_until(lambda: lines(pid_file), 30, "the job starting")
     cancel(stack, job_id)
     next_job = submit(stack.url, [sleep(0, pid_file)]).json()["job_id"]

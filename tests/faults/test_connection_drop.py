@@ -24,8 +24,10 @@ def runs(path):
 
 def test_a_job_given_back_on_a_dropped_connection_runs_once(stack, fault_redis, tmp_path):
     pid_file = tmp_path / "runs"
-    operations = [{"name": "sleep", "params": {"seconds": 3, "pid_file": str(pid_file)}},
-                  {"name": "add_column", "params": {"name": "ok", "value": True}}]
+    operations = [
+        {"name": "sleep", "params": {"seconds": 3, "pid_file": str(pid_file)}},
+        {"name": "add_column", "params": {"name": "ok", "value": True}},
+    ]
     job_id = submit(stack.url, operations).json()["job_id"]
     localstack.wait_until(lambda: runs(pid_file), 30, "the job starting")
     killed = redis.Redis.from_url(fault_redis).client_kill_filter(_type="normal", skipme=True)

@@ -122,9 +122,9 @@ def test_500_submissions_from_20_clients_are_each_accepted_once_and_completed_on
     client = redis.Redis.from_url(fault_redis, decode_responses=True)
     prefix = key_for("")
     records = {
-        key[len(prefix):]
+        key[len(prefix) :]
         for key in client.scan_iter(match=key_for("*"), count=1000)
-        if ":" not in key[len(prefix):]  # leave out the parts: key_for(id, "input"), key_for(id, "output")
+        if ":" not in key[len(prefix) :]  # leave out the parts: key_for(id, "input"), key_for(id, "output")
     }
     assert records == set(ids)
     # Nothing is left in the broker to run again.

@@ -19,8 +19,10 @@ def test_a_job_whose_whole_worker_vanishes_is_handed_to_another_worker(start_sta
     # gives the message back. Redis hands it out again after the visibility timeout.
     lost = start_stack(concurrency=1, BROKER_VISIBILITY_TIMEOUT="6", JOB_SOFT_TIME_LIMIT="4", JOB_HARD_TIME_LIMIT="5")
     pid_file = tmp_path / "pids"
-    operations = [{"name": "sleep", "params": {"seconds": 1, "pid_file": str(pid_file)}},
-                  {"name": "add_column", "params": {"name": "ok", "value": True}}]
+    operations = [
+        {"name": "sleep", "params": {"seconds": 1, "pid_file": str(pid_file)}},
+        {"name": "add_column", "params": {"name": "ok", "value": True}},
+    ]
     job_id = submit(lost.url, operations).json()["job_id"]
     localstack.wait_until(lambda: pids(pid_file), 30, "the job starting")
     host = lost.workers[0]

@@ -10,7 +10,10 @@ import requests
 from tests.faults.conftest import wait_for
 from workers.jobstore import key_for
 
-BODY = {"dataset": [{"id": 1, "name": " Ada "}], "operations": [{"name": "normalize_text", "params": {"columns": ["name"]}}]}
+BODY = {
+    "dataset": [{"id": 1, "name": " Ada "}],
+    "operations": [{"name": "normalize_text", "params": {"columns": ["name"]}}],
+}
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,13 @@ import requests
 
 from tests.faults.conftest import submit, wait_for
 
-LIMITS = {"MAX_CONTENT_LENGTH": "100000", "MAX_RECORDS": "100", "MAX_OPERATIONS": "5", "MAX_STRING_LENGTH": "1000",
-          "MAX_JSON_DEPTH": "8"}
+LIMITS = {
+    "MAX_CONTENT_LENGTH": "100000",
+    "MAX_RECORDS": "100",
+    "MAX_OPERATIONS": "5",
+    "MAX_STRING_LENGTH": "1000",
+    "MAX_JSON_DEPTH": "8",
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,10 @@ OVER = [
     ("MAX_RECORDS", {"dataset": [{"id": i} for i in range(101)], "operations": []}),
     ("MAX_OPERATIONS", {"dataset": [{"id": 1}], "operations": ["drop_nulls"] * 6}),
     ("MAX_STRING_LENGTH", {"dataset": [{"id": 1, "text": "s" * 1001}], "operations": []}),
-    ("MAX_STRING_LENGTH", {"dataset": [{"id": 1}], "operations": [{"name": "add_column", "params": {"name": "t", "value": "s" * 1001}}]}),
+    (
+        "MAX_STRING_LENGTH",
+        {"dataset": [{"id": 1}], "operations": [{"name": "add_column", "params": {"name": "t", "value": "s" * 1001}}]},
+    ),
     ("MAX_JSON_DEPTH", {"dataset": [{"id": 1, "nested": deep(6)}], "operations": []}),
 ]
 
@@ -47,7 +55,9 @@ def test_a_job_over_a_limit_is_400_and_nothing_is_written_or_queued(stack, fault
 def test_a_body_over_the_size_limit_is_413(stack, fault_redis):
     client = redis.Redis.from_url(fault_redis)
     before = client.dbsize()
-    response = requests.post(f"{stack.url}/jobs", json={"dataset": [{"t": "s" * 999}] * 100, "operations": []}, timeout=10)
+    response = requests.post(
+        f"{stack.url}/jobs", json={"dataset": [{"t": "s" * 999}] * 100, "operations": []}, timeout=10
+    )
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
     assert client.dbsize() == before

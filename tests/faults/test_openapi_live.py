@@ -18,8 +18,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 EXAMPLES = int(os.environ.get("DATAJOBS_FUZZ_EXAMPLES", 20))
 
 
@@ -28,8 +33,11 @@ def test_the_live_gateway_conforms_to_its_document(start_stack):
     stack = start_stack(concurrency=1, OPERATION_MODULES="")
     schema = schemathesis.openapi.from_url(f"{stack.url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {(op.method.upper(), op.path) for op in operations} >= {("POST", "/jobs"), ("GET", "/jobs/{job_id}"),
-                                                                     ("DELETE", "/jobs/{job_id}")}
+    assert {(op.method.upper(), op.path) for op in operations} >= {
+        ("POST", "/jobs"),
+        ("GET", "/jobs/{job_id}"),
+        ("DELETE", "/jobs/{job_id}"),
+    }
     for operation in operations:
 
         @given(case=operation.as_strategy())

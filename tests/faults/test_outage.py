@@ -176,10 +176,21 @@ def test_a_harvest_polling_through_an_outage_ends_with_the_correct_output(stack,
     source.write_text("id,name\n1,  Ada \n2,Grace\n3,  Linus\n")
     output = tmp_path / "out.jsonl"
     command = [
-        HARVESTER, "run", str(source), "--gateway", stack.url, "--poll-interval", "0.3", "--timeout", "60",
-        "--op", json_op(sleep_op(3)),
-        "--op", json_op({"name": "normalize_text", "params": {"columns": ["name"], "lowercase": True}}),
-        "--output", str(output),
+        HARVESTER,
+        "run",
+        str(source),
+        "--gateway",
+        stack.url,
+        "--poll-interval",
+        "0.3",
+        "--timeout",
+        "60",
+        "--op",
+        json_op(sleep_op(3)),
+        "--op",
+        json_op({"name": "normalize_text", "params": {"columns": ["name"], "lowercase": True}}),
+        "--output",
+        str(output),
     ]
     log_path = tmp_path / "harvester.log"
     with log_path.open("w") as log:
@@ -233,7 +244,7 @@ def job_records(server):
     """The ids of every job record in the job store (not their ``input``/``output`` parts)."""
     prefix = key_for("")
     keys = server.client().scan_iter(match=key_for("*"), count=1000)
-    return {key.decode()[len(prefix):] for key in keys if ":" not in key.decode()[len(prefix):]}
+    return {key.decode()[len(prefix) :] for key in keys if ":" not in key.decode()[len(prefix) :]}
 
 
 def json_op(op):

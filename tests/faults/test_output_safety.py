@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import requests
 
 import localstack
 from tests.faults.conftest import submit, wait_for
@@ -78,14 +77,31 @@ def test_json_logs_carry_the_job_id_and_keep_user_strings_on_their_line(stack):
 
 def test_failed_job_errors_quote_no_data_and_no_traceback(stack):
     dataset = [{"id": 1, "card": "4111-1111-SECRET"}]
-    body = wait_for(stack.url, submit(stack.url, [{"name": "cast_types", "params": {"types": {"card": "int"}}}], dataset).json()["job_id"])
+    body = wait_for(
+        stack.url,
+        submit(stack.url, [{"name": "cast_types", "params": {"types": {"card": "int"}}}], dataset).json()["job_id"],
+    )
     assert body["status"] == "failed" and body["error"]["operation_index"] == 0
     assert "SECRET" not in json.dumps(body["error"]) and "Traceback" not in json.dumps(body)
 
 
 def run_harvester(stack, source, output, *flags):
-    args = [str(HARVESTER), "run", str(source), "--gateway", stack.url, "-o", str(output), "--poll-interval", "0.1",
-            "--timeout", "60", "--op", "drop_nulls", *flags]
+    args = [
+        str(HARVESTER),
+        "run",
+        str(source),
+        "--gateway",
+        stack.url,
+        "-o",
+        str(output),
+        "--poll-interval",
+        "0.1",
+        "--timeout",
+        "60",
+        "--op",
+        "drop_nulls",
+        *flags,
+    ]
     done = subprocess.run(args, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr
     with output.open(newline="") as rows:
@@ -94,7 +110,7 @@ def run_harvester(stack, source, output, *flags):
 
 def test_csv_from_the_harvester_cannot_run_as_a_formula(stack, tmp_path):
     source = tmp_path / "in.json"
-    cells = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "-12.5", "plain"]
+    cells = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "-12.5", "plain"]
     source.write_text(json.dumps([{"i": i, "text": text, "n": -i} for i, text in enumerate(cells)]))
 
     safe = run_harvester(stack, source, tmp_path / "out.csv")

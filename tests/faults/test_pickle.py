@@ -50,9 +50,21 @@ def publish_pickled_task(redis_url, task_id, argument):
     """Publish a Celery task message (protocol 2) for ``run_job(argument)``, serialized with pickle."""
     exchange = Exchange(QUEUE, type="direct")
     headers = {  # as celery.app.amqp.AMQP.as_task_v2 builds them
-        "lang": "py", "task": RUN_JOB, "id": task_id, "shadow": None, "eta": None, "expires": None,
-        "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id,
-        "parent_id": None, "argsrepr": "(...)", "kwargsrepr": "{}", "origin": "attacker@nowhere",
+        "lang": "py",
+        "task": RUN_JOB,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": "(...)",
+        "kwargsrepr": "{}",
+        "origin": "attacker@nowhere",
         "ignore_result": False,
     }
     body = ([argument], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
@@ -122,7 +134,11 @@ def test_task_messages_and_results_are_json(stack, fault_redis, tmp_path):
     envelope = json.loads(raw[0])  # kombu's Redis envelope
     assert envelope["content-type"] == "application/json"
     assert envelope["headers"]["task"] == RUN_JOB and envelope["headers"]["id"] == job_id
-    body = base64.b64decode(envelope["body"]) if envelope["properties"].get("body_encoding") == "base64" else envelope["body"]
+    body = (
+        base64.b64decode(envelope["body"])
+        if envelope["properties"].get("body_encoding") == "base64"
+        else envelope["body"]
+    )
     args, kwargs, _embed = json.loads(body)
     assert args == [job_id] and kwargs == {}  # the message carries the job id only
 
@@ -160,8 +176,22 @@ def test_parameters_that_look_like_code_are_plain_strings(stack, tmp_path):
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__", "breakpoint"}
 #: Methods that evaluate expressions (pandas' DataFrame.query/eval, pd.eval) or run a shell.
 FORBIDDEN_METHODS = {
-    "query", "eval", "system", "popen", "spawnl", "spawnlp", "spawnv", "spawnvp", "execv", "execve", "execvp",
-    "execl", "execlp", "posix_spawn", "read_pickle", "to_pickle",
+    "query",
+    "eval",
+    "system",
+    "popen",
+    "spawnl",
+    "spawnlp",
+    "spawnv",
+    "spawnvp",
+    "execv",
+    "execve",
+    "execvp",
+    "execl",
+    "execlp",
+    "posix_spawn",
+    "read_pickle",
+    "to_pickle",
 }
 #: Modules that run commands or deserialize code.
 FORBIDDEN_MODULES = {"subprocess", "pickle", "cPickle", "_pickle", "marshal", "shelve", "dill", "cloudpickle", "pty"}
@@ -213,7 +243,7 @@ def test_no_shipped_module_can_evaluate_text_or_run_a_shell():
         "code = compile(text, '<x>', 'eval')",
         "__import__('os')",
         "builtins.eval(text)",
-        "df.query(f\"{column} == {value!r}\")",
+        'df.query(f"{column} == {value!r}")',
         "pd.eval(expression)",
         "frame.eval('a + b')",
         "os.system('ls ' + name)",

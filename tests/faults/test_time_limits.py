@@ -16,7 +16,9 @@ def stack(start_stack):
 
 
 def assert_next_job_runs(stack):
-    job = wait_for(stack.url, submit(stack.url, [{"name": "add_column", "params": {"name": "ok", "value": 1}}]).json()["job_id"])
+    job = wait_for(
+        stack.url, submit(stack.url, [{"name": "add_column", "params": {"name": "ok", "value": 1}}]).json()["job_id"]
+    )
     assert job["status"] == "completed" and job["data"]["data"] == [{"id": 1, "ok": 1}]
 
 
@@ -52,12 +54,20 @@ def test_a_step_the_soft_limit_cannot_interrupt_is_killed_at_the_hard_limit(stac
 
 @pytest.mark.parametrize(
     "soft, hard, visibility, named",
-    [("10", "5", "60", "JOB_SOFT_TIME_LIMIT"), ("10", "120", "60", "BROKER_VISIBILITY_TIMEOUT"),
-     ("10", "60", "60", "BROKER_VISIBILITY_TIMEOUT")],
+    [
+        ("10", "5", "60", "JOB_SOFT_TIME_LIMIT"),
+        ("10", "120", "60", "BROKER_VISIBILITY_TIMEOUT"),
+        ("10", "60", "60", "BROKER_VISIBILITY_TIMEOUT"),
+    ],
 )
 def test_the_worker_refuses_limits_that_could_run_a_job_twice(fault_redis, tmp_path, soft, hard, visibility, named):
     log = tmp_path / "worker.log"
-    env = {**TEST_OPS, "JOB_SOFT_TIME_LIMIT": soft, "JOB_HARD_TIME_LIMIT": hard, "BROKER_VISIBILITY_TIMEOUT": visibility}
+    env = {
+        **TEST_OPS,
+        "JOB_SOFT_TIME_LIMIT": soft,
+        "JOB_HARD_TIME_LIMIT": hard,
+        "BROKER_VISIBILITY_TIMEOUT": visibility,
+    }
     proc = localstack.start_worker(fault_redis, log, concurrency=1, extra_env=env)
     try:
         returncode = proc.wait(timeout=60)

@@ -25,12 +25,20 @@ def auth(token):
 
 
 @pytest.mark.parametrize("headers", [{}, auth("nope"), {"Authorization": ALICE}], ids=["none", "unknown", "no-scheme"])
-@pytest.mark.parametrize("method, path", [("GET", "/operations"), ("POST", "/jobs"), ("GET", "/openapi.json"),
-                                          ("GET", "/jobs/6f0c1a8e-2d5b-4b3e-9a51-0c1d2e3f4a5b"),
-                                          ("DELETE", "/jobs/6f0c1a8e-2d5b-4b3e-9a51-0c1d2e3f4a5b")])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/operations"),
+        ("POST", "/jobs"),
+        ("GET", "/openapi.json"),
+        ("GET", "/jobs/6f0c1a8e-2d5b-4b3e-9a51-0c1d2e3f4a5b"),
+        ("DELETE", "/jobs/6f0c1a8e-2d5b-4b3e-9a51-0c1d2e3f4a5b"),
+    ],
+)
 def test_every_endpoint_but_health_needs_a_valid_token(stack, method, path, headers):
-    response = requests.request(method, f"{stack.url}{path}", json={"dataset": [{"a": 1}], "operations": []},
-                                headers=headers, timeout=10)
+    response = requests.request(
+        method, f"{stack.url}{path}", json={"dataset": [{"a": 1}], "operations": []}, headers=headers, timeout=10
+    )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
@@ -56,10 +64,24 @@ def test_a_job_belongs_to_the_token_that_created_it(stack):
 def test_the_harvester_sends_its_token_from_the_environment(stack, tmp_path):
     source, output = tmp_path / "in.csv", tmp_path / "out.jsonl"
     source.write_text("id,name\n1, Ada \n2,\n")
-    args = [str(HARVESTER), "run", str(source), "--gateway", stack.url, "--op", "drop_nulls", "-o", str(output),
-            "--poll-interval", "0.1", "--timeout", "60"]
-    refused = subprocess.run(args, capture_output=True, text=True, timeout=90,
-                             env={**os.environ, "GATEWAY_TOKEN": "wrong-token"})
+    args = [
+        str(HARVESTER),
+        "run",
+        str(source),
+        "--gateway",
+        stack.url,
+        "--op",
+        "drop_nulls",
+        "-o",
+        str(output),
+        "--poll-interval",
+        "0.1",
+        "--timeout",
+        "60",
+    ]
+    refused = subprocess.run(
+        args, capture_output=True, text=True, timeout=90, env={**os.environ, "GATEWAY_TOKEN": "wrong-token"}
+    )
     assert refused.returncode == 2
     assert "wrong-token" not in refused.stdout + refused.stderr
     assert not output.exists()

@@ -62,4 +62,3 @@ def test_a_job_that_kills_its_worker_every_time_fails_worker_lost_while_others_f
         assert other["data"]["data"] == [{"id": 1, "n": i}]
     # And the worker is still there to take new jobs.
     assert wait_for(stack.url, submit(stack.url, []).json()["job_id"])["status"] == "completed"
-

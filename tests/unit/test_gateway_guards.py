@@ -17,8 +17,15 @@ def keys(redis):
 
 @pytest.fixture
 def secured(redis, celery):
-    app = create_app({"TESTING": True, "REDIS": redis, "CELERY": celery, "HEALTH_PING_TIMEOUT": 0.1,
-                      "API_TOKENS": ("alice-token", "bob-token")})
+    app = create_app(
+        {
+            "TESTING": True,
+            "REDIS": redis,
+            "CELERY": celery,
+            "HEALTH_PING_TIMEOUT": 0.1,
+            "API_TOKENS": ("alice-token", "bob-token"),
+        }
+    )
     return app.test_client()
 
 
@@ -27,8 +34,9 @@ def bearer(token):
 
 
 @pytest.mark.parametrize("headers", [{}, bearer("wrong"), {"Authorization": "Basic alice-token"}, bearer("")])
-@pytest.mark.parametrize("method, path", [("get", "/operations"), ("post", "/jobs"), ("get", "/jobs/x"),
-                                          ("delete", "/jobs/x")])
+@pytest.mark.parametrize(
+    "method, path", [("get", "/operations"), ("post", "/jobs"), ("get", "/jobs/x"), ("delete", "/jobs/x")]
+)
 def test_without_a_valid_token_every_endpoint_is_401(secured, redis, queued, headers, method, path):
     response = getattr(secured, method)(path, json=JOB, headers=headers)
     assert response.status_code == 401
@@ -105,8 +113,9 @@ def test_cancelling_a_queued_job_ends_it_cancelled(client, redis):
 
 def test_cancelling_a_finished_job_is_409(client, app):
     job_id = client.post("/jobs", json=JOB).get_json()["job_id"]
-    app.extensions["jobstore"].complete(job_id, "[]", {"processed_items": 1, "output_items": 0,
-                                                        "operations_applied": 1, "operations": []})
+    app.extensions["jobstore"].complete(
+        job_id, "[]", {"processed_items": 1, "output_items": 0, "operations_applied": 1, "operations": []}
+    )
     response = client.delete(f"/jobs/{job_id}")
     assert response.status_code == 409
     assert response.get_json()["error"]["code"] == "job_finished"
@@ -130,8 +139,18 @@ def test_cancelling_an_unknown_job_is_404(client):
 
 @pytest.fixture
 def limited(redis, celery):
-    app = create_app({"TESTING": True, "REDIS": redis, "CELERY": celery, "MAX_RECORDS": 3, "MAX_OPERATIONS": 2,
-                      "MAX_STRING_LENGTH": 10, "MAX_JSON_DEPTH": 5, "MAX_CONTENT_LENGTH": 2000})
+    app = create_app(
+        {
+            "TESTING": True,
+            "REDIS": redis,
+            "CELERY": celery,
+            "MAX_RECORDS": 3,
+            "MAX_OPERATIONS": 2,
+            "MAX_STRING_LENGTH": 10,
+            "MAX_JSON_DEPTH": 5,
+            "MAX_CONTENT_LENGTH": 2000,
+        }
+    )
     return app.test_client()
 
 
@@ -149,12 +168,18 @@ LIMITS = [
     ({"dataset": [{"a": "x" * 11}], "operations": []}, "MAX_STRING_LENGTH", "dataset"),
     ({"dataset": [{"k" * 11: 1}], "operations": []}, "MAX_STRING_LENGTH", "dataset"),
     ({"dataset": [{"a": {"b": ["x" * 11]}}], "operations": []}, "MAX_STRING_LENGTH", "dataset"),
-    ({"dataset": [{"a": 1}], "operations": [{"name": "add_column", "params": {"name": "b", "value": "y" * 11}}]},
-     "MAX_STRING_LENGTH", "operations"),
+    (
+        {"dataset": [{"a": 1}], "operations": [{"name": "add_column", "params": {"name": "b", "value": "y" * 11}}]},
+        "MAX_STRING_LENGTH",
+        "operations",
+    ),
     # body (1) > dataset (2) > record (3) > [ (4) > [ (5) > [ (6)
     ({"dataset": [{"a": nested(3)}], "operations": []}, "MAX_JSON_DEPTH", "dataset"),
-    ({"dataset": [{"a": 1}], "operations": [{"name": "add_column", "params": {"name": "b", "value": nested(3)}}]},
-     "MAX_JSON_DEPTH", "operations"),
+    (
+        {"dataset": [{"a": 1}], "operations": [{"name": "add_column", "params": {"name": "b", "value": nested(3)}}]},
+        "MAX_JSON_DEPTH",
+        "operations",
+    ),
 ]
 
 
@@ -176,7 +201,7 @@ def test_a_job_at_every_limit_is_accepted(limited):
 
 
 def test_nesting_too_deep_for_the_parser_is_400_not_500(client, redis):
-    body = b'{"dataset": [{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}], \"operations\": []}"
+    body = b'{"dataset": [{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b'}], "operations": []}'
     response = client.post("/jobs", data=body, content_type="application/json")
     assert response.status_code == 400
     assert response.get_json()["error"]["details"]["limit"] == "MAX_JSON_DEPTH"
