@@ -7,7 +7,9 @@ operations of ``tests/faults/ops.py`` through ``OPERATION_MODULES``.
 
 import contextlib
 import shutil
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -17,6 +19,7 @@ import localstack
 pytestmark = pytest.mark.integration
 
 TEST_OPS = {"OPERATION_MODULES": "tests.faults.ops"}
+HARVESTER = str(Path(sys.executable).parent / "harvester")
 
 if shutil.which("redis-server") is None:  # pragma: no cover - the CI machine has one
     pytest.skip("fault tests need redis-server on the PATH", allow_module_level=True)
@@ -59,3 +62,32 @@ def wait_for(url, job_id, statuses=("completed", "failed", "cancelled"), timeout
             return body
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} not in {statuses} within {timeout} s; last seen: {body}")
+
+
+def sleep_step(seconds, pid_file=None):
+    """A step of the test-only ``sleep`` operation, appending its process's pid to ``pid_file`` if given."""
+    params = {"seconds": seconds, **({"pid_file": str(pid_file)} if pid_file else {})}
+    return {"name": "sleep", "params": params}
+
+
+def pids(path):
+    """The pids ``sleep`` steps appended to ``path``, in order (one per step run)."""
+    return path.read_text().split() if path.exists() else []
+
+
+def harvest_command(url, source, output, *options):
+    """``harvester run`` of ``source`` to ``output`` against the gateway at ``url``, polling every 0.1 s."""
+    return [
+        HARVESTER,
+        "run",
+        str(source),
+        "--gateway",
+        url,
+        "-o",
+        str(output),
+        "--poll-interval",
+        "0.1",
+        "--timeout",
+        "60",
+        *options,
+    ]

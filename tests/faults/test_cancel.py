@@ -6,7 +6,7 @@ import pytest
 import requests
 
 import localstack
-from tests.faults.conftest import submit, wait_for
+from tests.faults.conftest import pids, sleep_step, submit, wait_for
 
 GRACE = 3
 
@@ -14,10 +14,6 @@ GRACE = 3
 @pytest.fixture(scope="module")
 def stack(start_stack):
     return start_stack(concurrency=1, CANCEL_GRACE_SECONDS=str(GRACE))
-
-
-def lines(path):
-    return path.read_text().split() if path.exists() else []
 
 
 def alive(pid):
@@ -35,14 +31,10 @@ def cancel(stack, job_id):
     return response.json()
 
 
-def sleep(seconds, pid_file):
-    return {"name": "sleep", "params": {"seconds": seconds, "pid_file": str(pid_file)}}
-
-
 def test_a_queued_job_that_is_cancelled_never_runs(stack, tmp_path):
-    busy = submit(stack.url, [sleep(2, tmp_path / "busy")]).json()["job_id"]
-    localstack.wait_until(lambda: lines(tmp_path / "busy"), 30, "the first job starting")
-    queued = submit(stack.url, [sleep(0, tmp_path / "queued")]).json()["job_id"]
+    busy = submit(stack.url, [sleep_step(2, tmp_path / "busy")]).json()["job_id"]
+    localstack.wait_until(lambda: pids(tmp_path / "busy"), 30, "the first job starting")
+    queued = submit(stack.url, [sleep_step(0, tmp_path / "queued")]).json()["job_id"]
     assert requests.get(f"{stack.url}/jobs/{queued}", timeout=10).json()["status"] == "started"
     cancel(stack, queued)
     after = submit(stack.url, ["drop_nulls"]).json()["job_id"]
@@ -56,15 +48,15 @@ def test_a_queued_job_that_is_cancelled_never_runs(stack, tmp_path):
 
 def test_a_running_job_stops_between_operations(stack, tmp_path):
     pid_file = tmp_path / "pids"
-    job_id = submit(stack.url, [sleep(1, pid_file), sleep(1, pid_file), sleep(1, pid_file), "drop_nulls"]).json()[
-        "job_id"
-    ]
-    localstack.wait_until(lambda: lines(pid_file), 30, "the job starting")
+    job_id = submit(
+        stack.url, [sleep_step(1, pid_file), sleep_step(1, pid_file), sleep_step(1, pid_file), "drop_nulls"]
+    ).json()["job_id"]
+    localstack.wait_until(lambda: pids(pid_file), 30, "the job starting")
     cancel(stack, job_id)
-    next_job = submit(stack.url, [sleep(0, pid_file)]).json()["job_id"]
+    next_job = submit(stack.url, [sleep_step(0, pid_file)]).json()["job_id"]
     assert wait_for(stack.url, next_job)["status"] == "completed"
 
-    first, following = lines(pid_file)
+    first, following = pids(pid_file)
     assert first == following  # the step in flight finished and the same process went on to the next job
     body = wait_for(stack.url, job_id)
     assert body["status"] == "cancelled" and body["data"] is None
@@ -73,15 +65,15 @@ def test_a_running_job_stops_between_operations(stack, tmp_path):
 
 def test_a_step_that_overruns_the_grace_period_is_terminated(stack, tmp_path):
     pid_file = tmp_path / "pids"
-    job_id = submit(stack.url, [sleep(120, pid_file), "drop_nulls"]).json()["job_id"]
-    localstack.wait_until(lambda: lines(pid_file), 30, "the job starting")
-    pid = int(lines(pid_file)[0])
+    job_id = submit(stack.url, [sleep_step(120, pid_file), "drop_nulls"]).json()["job_id"]
+    localstack.wait_until(lambda: pids(pid_file), 30, "the job starting")
+    pid = int(pids(pid_file)[0])
     cancel(stack, job_id)
     localstack.wait_until(lambda: not alive(pid), 30, "the stuck process being killed")
 
-    next_job = submit(stack.url, [sleep(0, pid_file)]).json()["job_id"]
+    next_job = submit(stack.url, [sleep_step(0, pid_file)]).json()["job_id"]
     assert wait_for(stack.url, next_job)["status"] == "completed"  # long before the 120 s step would end
-    assert lines(pid_file)[-1] != str(pid)
+    assert pids(pid_file)[-1] != str(pid)
     assert wait_for(stack.url, job_id)["status"] == "cancelled"
     assert "killing its worker process" in stack.logs()
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 import localstack
-from tests.faults.conftest import submit, wait_for
+from tests.faults.conftest import pids, sleep_step, submit, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -18,24 +18,20 @@ def stack(start_stack):
     return start_stack(concurrency=2)  # a free process to take the given-back message
 
 
-def runs(path):
-    return path.read_text().split() if path.exists() else []
-
-
 def test_a_job_given_back_on_a_dropped_connection_runs_once(stack, fault_redis, tmp_path):
     pid_file = tmp_path / "runs"
     operations = [
-        {"name": "sleep", "params": {"seconds": 3, "pid_file": str(pid_file)}},
+        sleep_step(3, pid_file),
         {"name": "add_column", "params": {"name": "ok", "value": True}},
     ]
     job_id = submit(stack.url, operations).json()["job_id"]
-    localstack.wait_until(lambda: runs(pid_file), 30, "the job starting")
+    localstack.wait_until(lambda: pids(pid_file), 30, "the job starting")
     killed = redis.Redis.from_url(fault_redis).client_kill_filter(_type="normal", skipme=True)
     assert killed > 0
 
     body = wait_for(stack.url, job_id, timeout=60)
     assert body["status"] == "completed" and body["data"]["data"] == [{"id": 1, "ok": True}]
     assert body["attempts"] == 1
-    assert len(runs(pid_file)) == 1
+    assert len(pids(pid_file)) == 1
     assert wait_for(stack.url, submit(stack.url, ["drop_nulls"]).json()["job_id"])["status"] == "completed"
-    assert len(runs(pid_file)) == 1
+    assert len(pids(pid_file)) == 1

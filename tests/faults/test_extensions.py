@@ -3,7 +3,7 @@
 import requests
 
 import localstack
-from tests.faults.conftest import submit, wait_for
+from tests.faults.conftest import sleep_step, submit, wait_for
 
 TEST_ONLY = {"sleep", "crash", "hang"}
 
@@ -22,9 +22,7 @@ def test_listed_modules_add_operations_that_validate_and_run_like_built_ins(star
     assert bad.status_code == 400
     assert bad.json()["error"]["details"] == {"step": 0, "operation": "sleep", "parameter": "seconds"}
     # ...and run by the worker like any other step.
-    body = wait_for(
-        stack.url, submit(stack.url, [{"name": "sleep", "params": {"seconds": 0}}, "drop_nulls"]).json()["job_id"]
-    )
+    body = wait_for(stack.url, submit(stack.url, [sleep_step(0), "drop_nulls"]).json()["job_id"])
     assert body["status"] == "completed"
     assert [step["name"] for step in body["data"]["operations"]] == ["sleep", "drop_nulls"]
 

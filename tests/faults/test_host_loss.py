@@ -7,11 +7,7 @@ import os
 import signal
 
 import localstack
-from tests.faults.conftest import submit, wait_for
-
-
-def pids(path):
-    return path.read_text().split() if path.exists() else []
+from tests.faults.conftest import pids, sleep_step, submit, wait_for
 
 
 def test_a_job_whose_whole_worker_vanishes_is_handed_to_another_worker(start_stack, tmp_path):
@@ -20,7 +16,7 @@ def test_a_job_whose_whole_worker_vanishes_is_handed_to_another_worker(start_sta
     lost = start_stack(concurrency=1, BROKER_VISIBILITY_TIMEOUT="6", JOB_SOFT_TIME_LIMIT="4", JOB_HARD_TIME_LIMIT="5")
     pid_file = tmp_path / "pids"
     operations = [
-        {"name": "sleep", "params": {"seconds": 1, "pid_file": str(pid_file)}},
+        sleep_step(1, pid_file),
         {"name": "add_column", "params": {"name": "ok", "value": True}},
     ]
     job_id = submit(lost.url, operations).json()["job_id"]

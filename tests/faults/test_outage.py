@@ -10,9 +10,7 @@ import contextlib
 import json
 import re
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import redis
@@ -20,11 +18,10 @@ import requests
 
 import celeryconfig
 import localstack
-from tests.faults.conftest import TEST_OPS, submit, wait_for
+from tests.faults.conftest import HARVESTER, TEST_OPS, sleep_step, submit, wait_for
 from workers.celery import RUN_JOB
 from workers.jobstore import key_for, utcnow
 
-HARVESTER = str(Path(sys.executable).parent / "harvester")
 
 QUEUE = celeryconfig.task_default_queue
 
@@ -78,11 +75,6 @@ def stack(outage_redis, tmp_path_factory):
 
 def tag(value):
     return {"name": "add_column", "params": {"name": "tag", "value": value}}
-
-
-def sleep_op(seconds, pid_file=None):
-    params = {"seconds": seconds, **({"pid_file": str(pid_file)} if pid_file else {})}
-    return {"name": "sleep", "params": params}
 
 
 def run_job(url, operations, dataset, timeout=60):
@@ -186,7 +178,7 @@ def test_a_harvest_polling_through_an_outage_ends_with_the_correct_output(stack,
         "--timeout",
         "60",
         "--op",
-        json_op(sleep_op(3)),
+        json_op(sleep_step(3)),
         "--op",
         json_op({"name": "normalize_text", "params": {"columns": ["name"], "lowercase": True}}),
         "--output",
@@ -215,7 +207,7 @@ def test_a_harvest_polling_through_an_outage_ends_with_the_correct_output(stack,
 
 def test_a_job_running_when_redis_goes_away_completes_exactly_once(stack, outage_redis, tmp_path):
     pid_file = tmp_path / "runs"
-    response = submit(stack.url, [sleep_op(2, pid_file), tag("survived")], [{"id": 1}, {"id": 2}])
+    response = submit(stack.url, [sleep_step(2, pid_file), tag("survived")], [{"id": 1}, {"id": 2}])
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
     wait_for_status(stack.url, job_id, "processing")

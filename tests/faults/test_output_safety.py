@@ -13,19 +13,16 @@ import csv
 import json
 import logging
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 import localstack
-from tests.faults.conftest import submit, wait_for
+from tests.faults.conftest import harvest_command, submit, wait_for
 from workers import settings
 from workers.operations import operation
 
 THIS = "tests.faults.test_output_safety"
 FIELDS = {"time", "level", "logger", "job_id", "message"}
-HARVESTER = Path(sys.executable).parent / "harvester"
 
 if THIS in settings.get("OPERATION_MODULES"):
 
@@ -86,22 +83,7 @@ def test_failed_job_errors_quote_no_data_and_no_traceback(stack):
 
 
 def run_harvester(stack, source, output, *flags):
-    args = [
-        str(HARVESTER),
-        "run",
-        str(source),
-        "--gateway",
-        stack.url,
-        "-o",
-        str(output),
-        "--poll-interval",
-        "0.1",
-        "--timeout",
-        "60",
-        "--op",
-        "drop_nulls",
-        *flags,
-    ]
+    args = harvest_command(stack.url, source, output, "--op", "drop_nulls", *flags)
     done = subprocess.run(args, capture_output=True, text=True, timeout=90)
     assert done.returncode == 0, done.stderr
     with output.open(newline="") as rows:

@@ -23,7 +23,7 @@ import requests
 from kombu import Connection, Exchange, Queue
 
 import celeryconfig
-from tests.faults.conftest import submit, wait_for
+from tests.faults.conftest import sleep_step, submit, wait_for
 from workers.celery import RUN_JOB
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,7 +125,7 @@ def test_a_pickled_task_message_is_refused_and_never_unpickled(stack, fault_redi
 def test_task_messages_and_results_are_json(stack, fault_redis, tmp_path):
     client = redis.Redis.from_url(fault_redis)
     # Keep the one worker process busy, so the next job's message waits in the queue to be read.
-    blocker = submit(stack.url, [{"name": "sleep", "params": {"seconds": 1.5}}]).json()["job_id"]
+    blocker = submit(stack.url, [sleep_step(1.5)]).json()["job_id"]
     wait_for(stack.url, blocker, statuses=("processing",), timeout=30)
     job_id = submit(stack.url, [{"name": "add_column", "params": {"name": "n", "value": 7}}]).json()["job_id"]
 

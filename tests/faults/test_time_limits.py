@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 import localstack
-from tests.faults.conftest import TEST_OPS, submit, wait_for
+from tests.faults.conftest import TEST_OPS, sleep_step, submit, wait_for
 
 SOFT, HARD = 2, 5
 
@@ -23,7 +23,7 @@ def assert_next_job_runs(stack):
 
 
 def test_a_job_past_the_soft_limit_fails_time_limit_and_the_worker_goes_on(stack):
-    job_id = submit(stack.url, [{"name": "sleep", "params": {"seconds": 60}}, "drop_nulls"]).json()["job_id"]
+    job_id = submit(stack.url, [sleep_step(60), "drop_nulls"]).json()["job_id"]
     body = wait_for(stack.url, job_id)
     assert body["status"] == "failed"
     assert body["error"]["type"] == "time_limit"

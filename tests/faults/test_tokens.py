@@ -3,16 +3,13 @@
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.faults.conftest import submit, wait_for
+from tests.faults.conftest import harvest_command, sleep_step, submit, wait_for
 
 ALICE, BOB = "alice-7f3c9d2e", "bob-0a1b2c3d"
-HARVESTER = Path(sys.executable).parent / "harvester"
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +53,7 @@ def test_a_job_belongs_to_the_token_that_created_it(stack):
         response = requests.request(method, f"{stack.url}/jobs/{job_id}", headers=auth(BOB), timeout=10)
         assert response.status_code == 404  # not even whether it exists
         assert response.json()["error"]["code"] == "job_not_found"
-    queued = submit(stack.url, [{"name": "sleep", "params": {"seconds": 1}}], headers=auth(ALICE)).json()["job_id"]
+    queued = submit(stack.url, [sleep_step(1)], headers=auth(ALICE)).json()["job_id"]
     assert requests.delete(f"{stack.url}/jobs/{queued}", headers=auth(BOB), timeout=10).status_code == 404
     assert requests.delete(f"{stack.url}/jobs/{queued}", headers=auth(ALICE), timeout=10).status_code == 200
 
@@ -64,21 +61,7 @@ def test_a_job_belongs_to_the_token_that_created_it(stack):
 def test_the_harvester_sends_its_token_from_the_environment(stack, tmp_path):
     source, output = tmp_path / "in.csv", tmp_path / "out.jsonl"
     source.write_text("id,name\n1, Ada \n2,\n")
-    args = [
-        str(HARVESTER),
-        "run",
-        str(source),
-        "--gateway",
-        stack.url,
-        "--op",
-        "drop_nulls",
-        "-o",
-        str(output),
-        "--poll-interval",
-        "0.1",
-        "--timeout",
-        "60",
-    ]
+    args = harvest_command(stack.url, source, output, "--op", "drop_nulls")
     refused = subprocess.run(
         args, capture_output=True, text=True, timeout=90, env={**os.environ, "GATEWAY_TOKEN": "wrong-token"}
     )

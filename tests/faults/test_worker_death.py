@@ -7,7 +7,7 @@ import pytest
 import redis
 
 import localstack
-from tests.faults.conftest import submit, wait_for
+from tests.faults.conftest import pids, sleep_step, submit, wait_for
 from workers.jobstore import key_for
 
 
@@ -16,15 +16,11 @@ def stack(start_stack):
     return start_stack(concurrency=1)
 
 
-def pids(path):
-    return path.read_text().split() if path.exists() else []
-
-
 def test_a_job_whose_worker_process_is_killed_runs_again_and_completes_once(stack, fault_redis, tmp_path):
     pid_file = tmp_path / "pids"
     dataset = [{"id": i, "name": f" item {i} "} for i in range(50)]
     operations = [
-        {"name": "sleep", "params": {"seconds": 1.5, "pid_file": str(pid_file)}},
+        sleep_step(1.5, pid_file),
         {"name": "normalize_text", "params": {"columns": ["name"]}},
         {"name": "filter_rows", "params": {"column": "id", "operator": "lt", "value": 10}},
     ]

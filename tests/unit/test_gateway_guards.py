@@ -8,6 +8,12 @@ from workers.jobstore import key_for
 JOB = {"dataset": [{"name": "Ada", "age": 36}], "operations": ["drop_nulls"]}
 
 
+def client_of(redis, celery, **config):
+    """A test client of the gateway with fakeredis, the in-memory Celery and ``config`` on top."""
+    app = create_app({"TESTING": True, "REDIS": redis, "CELERY": celery, "HEALTH_PING_TIMEOUT": 0.1, **config})
+    return app.test_client()
+
+
 def keys(redis):
     return sorted(k.decode() for k in redis.keys("*"))
 
@@ -17,16 +23,7 @@ def keys(redis):
 
 @pytest.fixture
 def secured(redis, celery):
-    app = create_app(
-        {
-            "TESTING": True,
-            "REDIS": redis,
-            "CELERY": celery,
-            "HEALTH_PING_TIMEOUT": 0.1,
-            "API_TOKENS": ("alice-token", "bob-token"),
-        }
-    )
-    return app.test_client()
+    return client_of(redis, celery, API_TOKENS=("alice-token", "bob-token"))
 
 
 def bearer(token):
@@ -139,19 +136,9 @@ def test_cancelling_an_unknown_job_is_404(client):
 
 @pytest.fixture
 def limited(redis, celery):
-    app = create_app(
-        {
-            "TESTING": True,
-            "REDIS": redis,
-            "CELERY": celery,
-            "MAX_RECORDS": 3,
-            "MAX_OPERATIONS": 2,
-            "MAX_STRING_LENGTH": 10,
-            "MAX_JSON_DEPTH": 5,
-            "MAX_CONTENT_LENGTH": 2000,
-        }
+    return client_of(
+        redis, celery, MAX_RECORDS=3, MAX_OPERATIONS=2, MAX_STRING_LENGTH=10, MAX_JSON_DEPTH=5, MAX_CONTENT_LENGTH=2000
     )
-    return app.test_client()
 
 
 def nested(depth):
