@@ -75,6 +75,13 @@ def pids(path):
     return path.read_text().split() if path.exists() else []
 
 
+def submit_started(url, operations, pid_file, dataset=None):
+    """Submit a job whose first step is a ``sleep`` writing to ``pid_file``; return its id once that step runs."""
+    job_id = submit(url, operations, dataset).json()["job_id"]
+    localstack.wait_until(lambda: pids(pid_file), 30, f"job {job_id} starting")
+    return job_id
+
+
 def harvest_command(url, source, output, *options):
     """``harvester run`` of ``source`` to ``output`` against the gateway at ``url``, polling every 0.1 s."""
     return [

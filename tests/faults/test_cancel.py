@@ -6,7 +6,7 @@ import pytest
 import requests
 
 import localstack
-from tests.faults.conftest import pids, sleep_step, submit, wait_for
+from tests.faults.conftest import pids, sleep_step, submit, submit_started, wait_for
 
 GRACE = 3
 
@@ -32,8 +32,7 @@ def cancel(stack, job_id):
 
 
 def test_a_queued_job_that_is_cancelled_never_runs(stack, tmp_path):
-    busy = submit(stack.url, [sleep_step(2, tmp_path / "busy")]).json()["job_id"]
-    localstack.wait_until(lambda: pids(tmp_path / "busy"), 30, "the first job starting")
+    busy = submit_started(stack.url, [sleep_step(2, tmp_path / "busy")], tmp_path / "busy")
     queued = submit(stack.url, [sleep_step(0, tmp_path / "queued")]).json()["job_id"]
     assert requests.get(f"{stack.url}/jobs/{queued}", timeout=10).json()["status"] == "started"
     cancel(stack, queued)
@@ -48,10 +47,8 @@ def test_a_queued_job_that_is_cancelled_never_runs(stack, tmp_path):
 
 def test_a_running_job_stops_between_operations(stack, tmp_path):
     pid_file = tmp_path / "pids"
-    job_id = submit(
-        stack.url, [sleep_step(1, pid_file), sleep_step(1, pid_file), sleep_step(1, pid_file), "drop_nulls"]
-    ).json()["job_id"]
-    localstack.wait_until(lambda: pids(pid_file), 30, "the job starting")
+    steps = [sleep_step(1, pid_file), sleep_step(1, pid_file), sleep_step(1, pid_file), "drop_nulls"]
+    job_id = submit_started(stack.url, steps, pid_file)
     cancel(stack, job_id)
     next_job = submit(stack.url, [sleep_step(0, pid_file)]).json()["job_id"]
     assert wait_for(stack.url, next_job)["status"] == "completed"
@@ -65,8 +62,7 @@ def test_a_running_job_stops_between_operations(stack, tmp_path):
 
 def test_a_step_that_overruns_the_grace_period_is_terminated(stack, tmp_path):
     pid_file = tmp_path / "pids"
-    job_id = submit(stack.url, [sleep_step(120, pid_file), "drop_nulls"]).json()["job_id"]
-    localstack.wait_until(lambda: pids(pid_file), 30, "the job starting")
+    job_id = submit_started(stack.url, [sleep_step(120, pid_file), "drop_nulls"], pid_file)
     pid = int(pids(pid_file)[0])
     cancel(stack, job_id)
     localstack.wait_until(lambda: not alive(pid), 30, "the stuck process being killed")

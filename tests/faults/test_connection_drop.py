@@ -9,8 +9,7 @@ The job's lease sends the second delivery to wait until the first has ended.
 import pytest
 import redis
 
-import localstack
-from tests.faults.conftest import pids, sleep_step, submit, wait_for
+from tests.faults.conftest import pids, sleep_step, submit, submit_started, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +23,7 @@ def test_a_job_given_back_on_a_dropped_connection_runs_once(stack, fault_redis, 
         sleep_step(3, pid_file),
         {"name": "add_column", "params": {"name": "ok", "value": True}},
     ]
-    job_id = submit(stack.url, operations).json()["job_id"]
-    localstack.wait_until(lambda: pids(pid_file), 30, "the job starting")
+    job_id = submit_started(stack.url, operations, pid_file)
     killed = redis.Redis.from_url(fault_redis).client_kill_filter(_type="normal", skipme=True)
     assert killed > 0
 

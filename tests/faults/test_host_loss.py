@@ -6,8 +6,7 @@ A module of its own, so that no other worker shares its Redis and takes the job 
 import os
 import signal
 
-import localstack
-from tests.faults.conftest import pids, sleep_step, submit, wait_for
+from tests.faults.conftest import pids, sleep_step, submit_started, wait_for
 
 
 def test_a_job_whose_whole_worker_vanishes_is_handed_to_another_worker(start_stack, tmp_path):
@@ -19,8 +18,7 @@ def test_a_job_whose_whole_worker_vanishes_is_handed_to_another_worker(start_sta
         sleep_step(1, pid_file),
         {"name": "add_column", "params": {"name": "ok", "value": True}},
     ]
-    job_id = submit(lost.url, operations).json()["job_id"]
-    localstack.wait_until(lambda: pids(pid_file), 30, "the job starting")
+    job_id = submit_started(lost.url, operations, pid_file)
     host = lost.workers[0]
     os.killpg(host.pid, signal.SIGKILL)
     host.wait(timeout=10)

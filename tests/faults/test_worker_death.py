@@ -6,8 +6,7 @@ import signal
 import pytest
 import redis
 
-import localstack
-from tests.faults.conftest import pids, sleep_step, submit, wait_for
+from tests.faults.conftest import pids, sleep_step, submit, submit_started, wait_for
 from workers.jobstore import key_for
 
 
@@ -24,8 +23,7 @@ def test_a_job_whose_worker_process_is_killed_runs_again_and_completes_once(stac
         {"name": "normalize_text", "params": {"columns": ["name"]}},
         {"name": "filter_rows", "params": {"column": "id", "operator": "lt", "value": 10}},
     ]
-    job_id = submit(stack.url, operations, dataset).json()["job_id"]
-    localstack.wait_until(lambda: pids(pid_file), 30, "the job starting")
+    job_id = submit_started(stack.url, operations, pid_file, dataset)
     os.kill(int(pids(pid_file)[0]), signal.SIGKILL)  # as the OOM killer would, mid-step
 
     body = wait_for(stack.url, job_id)
