@@ -6,7 +6,8 @@ Start it with ``flask --app app run`` (development) or
 
 from flask import Flask, request
 
-from workers import jobstore, logs, settings
+from workers import datastore, jobstore, logs, settings
+from workers.datasets import DatasetStore
 from workers.operations import load_modules
 from workers.celery import make_app as make_celery
 
@@ -35,7 +36,10 @@ def create_app(test_config=None):
 
     load_modules(app.config["OPERATION_MODULES"])
     redis_client = app.config.get("REDIS") or jobstore.connect(app.config["REDIS_URL"])
-    app.extensions["jobstore"] = jobstore.JobStore(redis_client, app.config["JOB_TTL_SECONDS"])
+    ttl = app.config["JOB_TTL_SECONDS"]
+    data = datastore.open_store(app.config["DATA_STORE_URL"], redis_client, ttl)
+    app.extensions["jobstore"] = jobstore.JobStore(redis_client, ttl, data)
+    app.extensions["datasets"] = DatasetStore(redis_client, data, ttl)
     app.extensions["celery"] = app.config.get("CELERY") or make_celery(
         broker_url=settings.broker_url(app.config),
         result_backend=settings.result_backend(app.config),
@@ -46,11 +50,13 @@ def create_app(test_config=None):
         redis_socket_timeout=5,
     )
 
-    from app import auth, errors, health, jobs, openapi, operations
+    from app import auth, datasets, errors, health, jobs, openapi, operations, results
 
     errors.init_app(app)
     auth.init_app(app)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(results.bp)
+    app.register_blueprint(datasets.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)

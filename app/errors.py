@@ -5,6 +5,7 @@ Every error the gateway returns is
 never an HTML page, never a traceback.
 """
 
+import errno
 import logging
 import re
 
@@ -14,6 +15,7 @@ import redis.exceptions
 from flask import current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
+from workers.datastore import FULL_ERRORS, StorageFull
 from workers.errors import DataJobsError
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,22 @@ def handle_backend_down(exc):
     )
 
 
+def handle_storage_full(exc):
+    log.warning("data store full: %s", type(exc).__name__)
+    return error_response(
+        507,
+        "storage_full",
+        "The data store has no room for this upload or result; nothing was kept. Delete datasets or results "
+        "you no longer need, or try again later.",
+    )
+
+
+def handle_os_error(exc):
+    if exc.errno == errno.ENOSPC:
+        return handle_storage_full(exc)
+    return handle_unexpected(exc)
+
+
 def handle_unexpected(exc):
     log.exception("unhandled error")
     return error_response(500, "internal_error", "The gateway hit an unexpected error; it has been logged.")
@@ -81,4 +99,7 @@ def init_app(app):
     app.register_error_handler(HTTPException, handle_http_error)
     for exc_type in BACKEND_ERRORS:
         app.register_error_handler(exc_type, handle_backend_down)
+    for exc_type in (StorageFull, *FULL_ERRORS):
+        app.register_error_handler(exc_type, handle_storage_full)
+    app.register_error_handler(OSError, handle_os_error)
     app.register_error_handler(Exception, handle_unexpected)

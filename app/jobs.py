@@ -2,7 +2,6 @@
 
 import contextlib
 import hashlib
-import json
 import logging
 import re
 
@@ -12,17 +11,23 @@ from celery.exceptions import TimeLimitExceeded
 from flask import Blueprint, current_app, request, url_for
 
 from app.auth import current_owner
+from app.datasets import find as find_dataset
 from app.errors import BACKEND_ERRORS, error_response
 from app.validation import read_job
-from workers import logs
+from workers import chunks, frames, logs, pipeline
 from workers.celery import RUN_JOB
+from workers.chunks import ChunkWriter
+from workers.datasets import READY
+from workers.datastore import StorageFull
 from workers.errors import InvalidRequest, hard_time_limit_error, job_error
 from workers.jobstore import is_job_id, new_job_id
-from workers.status import JobStatus, job_status
+from workers.status import JobStatus, Phase, job_status
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
 
+#: Inline datasets up to this size are stored without first asking the store for room.
+SMALL_INLINE_BYTES = 1024 * 1024
 #: What an ``Idempotency-Key`` may be: 1 to 255 visible ASCII characters.
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
@@ -45,11 +50,24 @@ def submit():
     instead of creating another; the same key with another body is a 409.
     """
     key = _idempotency_key()
-    dataset, steps = read_job(request, current_app.config)
+    job = read_job(request, current_app.config)
     owner, store, job_id = current_owner(), _store(), new_job_id()
+    if job.dataset_id is not None:
+        input_ref = _dataset_input(job.dataset_id)
+        pipeline.check_columns(job.steps, chunks.schema_of(input_ref))
+    else:
+        table = frames.records_to_table(job.dataset)
+        pipeline.check_columns(job.steps, table.schema)
+        input_ref = _store_inline(job_id, table)
+    steps = job.steps
     logs.bind_job(job_id)
     operations = [step.to_json() for step in steps]
-    store.create(job_id, operations, json.dumps(dataset), rows=len(dataset), owner=owner)
+    try:
+        store.create(job_id, operations, input_ref, owner=owner)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            store.data.delete(store.owned_chunks({"input": input_ref}, ("input",)))
+        raise
     try:
         if key:
             # Claimed after the record exists, so whoever finds the claim finds the job.
@@ -66,14 +84,42 @@ def submit():
             if key:
                 store.release_idempotency_key(owner, key)
         raise
-    log.info("job %s accepted: %d records, %d operations", job_id, len(dataset), len(steps))
+    rows = input_ref["rows"]
+    log.info("job %s accepted: %d records, %d operations", job_id, rows, len(steps))
     location = url_for("jobs.show", job_id=job_id)
     body = {
         "job_id": job_id,
         "status": JobStatus.STARTED.value,
-        "message": f"Job accepted: {len(dataset)} items, {len(steps)} operations. Follow it at {location}.",
+        "message": f"Job accepted: {rows} items, {len(steps)} operations. Follow it at {location}.",
     }
     return body, 202, {"Location": location}
+
+
+def _dataset_input(dataset_id):
+    """The input reference of a job on an uploaded dataset: 404 if unknown or another token's, 409 if uploading."""
+    try:
+        record = find_dataset(dataset_id)
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.code, exc.message, status=exc.status, field="dataset_id") from None
+    if record["status"] != READY:
+        raise InvalidRequest(
+            "dataset_not_ready",
+            f"Dataset {dataset_id} is still being uploaded: commit it (POST /datasets/{dataset_id}/commit) first.",
+            status=409,
+            field="dataset_id",
+        )
+    return {**record["ref"], "dataset_id": dataset_id}
+
+
+def _store_inline(job_id, table):
+    """Store an inline dataset as the job's own chunks; return their reference."""
+    data = _store().data
+    # A small dataset is one chunk, which Redis refuses whole when full (507 all the same): skip the INFO call.
+    if table.nbytes > SMALL_INLINE_BYTES and not data.has_room(table.nbytes):
+        raise StorageFull()
+    with ChunkWriter(data, "job", job_id, "input", current_app.config["CHUNK_ROWS"], mixed_as_json=True) as writer:
+        writer.write(table)
+        return {**writer.close(), "dataset_id": None}
 
 
 def _idempotency_key():
@@ -124,7 +170,7 @@ def cancel(job_id):
     if record is None:
         return _not_found(job_id)
     if not store.cancel(job_id):
-        status = job_status(store.get(job_id) or record, None).value
+        status = current_status(job_id, store.get(job_id) or record).value
         return error_response(
             409,
             "job_finished",
@@ -133,6 +179,13 @@ def cancel(job_id):
         )
     log.info("job %s cancelled by request", job_id)
     return _job_body(job_id, store.get(job_id))
+
+
+def current_status(job_id, record):
+    """The :class:`JobStatus` of a job now: its record's outcome, else what Celery says."""
+    if record.get("outcome"):
+        return job_status(record, None)
+    return job_status(record, _celery().backend.get_task_meta(job_id)["status"])
 
 
 def _find(job_id):
@@ -159,7 +212,14 @@ def _job_body(job_id, record):
         "job_id": job_id,
         "status": status.value,
         "message": "",
-        "progress": {"operations_done": 0, "operations_total": total, "current_operation": None},
+        "progress": {
+            "operations_done": 0,
+            "operations_total": total,
+            "current_operation": None,
+            "phase": None,
+            "chunks_done": 0,
+            "chunks_total": 0,
+        },
         "data": None,
         "error": None,
         "created_at": record["created_at"],
@@ -169,20 +229,29 @@ def _job_body(job_id, record):
     }
     progress, info = body["progress"], meta.get("result")
     if isinstance(info, dict) and "operations_done" in info:
-        progress.update(operations_done=info["operations_done"], current_operation=info["current_operation"])
+        progress.update({key: info[key] for key in progress if key in info and key != "operations_total"})
     if status is JobStatus.STARTED:
         body["message"] = "Queued: waiting for a worker."
     elif status is JobStatus.PROCESSING:
-        done, current = progress["operations_done"], progress["current_operation"]
-        body["message"] = f"Processing: {done} of {total} operations done" + (
-            f", running {current}." if current else "."
-        )
+        body["message"] = _processing_message(progress)
     elif status is JobStatus.COMPLETED:
-        progress.update(operations_done=total, current_operation=None)
-        records = json.loads(_store().load_output(job_id) or "[]")
-        summary = record.get("summary") or info
-        body["data"] = {**summary, "data": records}
+        summary = record.get("summary") or {}
+        progress.update(operations_done=total, current_operation=None, phase=None)
+        chunk_count = len((record.get("input") or {}).get("chunks", ()))
+        progress.update(chunks_done=chunk_count, chunks_total=chunk_count)
+        rows = summary.get("output_items", 0)
+        inline = record.get("inline")
+        body["data"] = {
+            **summary,
+            "columns": summary.get("columns", []),
+            "workers": summary.get("workers", []),
+            "result_url": url_for("results.download", job_id=job_id),
+            "truncated": inline is None,
+            "data": inline,
+        }
         body["message"] = f"Successfully processed {summary['processed_items']} items with {total} operations"
+        if inline is None and not record.get("result_deleted_at"):
+            body["message"] += f"; {rows} rows: download them from {body['data']['result_url']}"
     else:
         progress["current_operation"] = None
         body["error"] = record.get("error") or _celery_error(meta)
@@ -190,6 +259,20 @@ def _job_body(job_id, record):
         if body["error"]["operation_index"] is not None:
             progress["operations_done"] = body["error"]["operation_index"]
     return body
+
+
+def _processing_message(progress):
+    done, total, current = progress["operations_done"], progress["operations_total"], progress["current_operation"]
+    if progress["phase"] == Phase.SAVING:
+        return f"Processing: all {total} operations done, saving the result."
+    if progress["phase"] == Phase.LOADING:
+        return f"Processing: {done} of {total} operations done, loading the data" + (
+            f" for {current}." if current else "."
+        )
+    text = f"Processing: {done} of {total} operations done" + (f", running {current}" if current else "")
+    if progress["chunks_total"] > 1:
+        text += f" (chunk {progress['chunks_done']} of {progress['chunks_total']} done)"
+    return text + "."
 
 
 def _celery_error(meta):

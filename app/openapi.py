@@ -3,7 +3,9 @@
 Nothing here is a hand-kept list that could drift: each operation's parameters
 come from the registry the workers use, the job statuses from
 :class:`~workers.status.JobStatus`, the request body from
-:data:`~app.validation.JOB_SCHEMA`, and the limits from the app's config.
+:data:`~app.validation.JOB_SCHEMA`, the upload and download media types from
+:data:`app.uploads.FORMATS` and :data:`app.results.FORMATS`, the column types
+from :data:`workers.frames.COLUMN_TYPES`, and the limits from the app's config.
 ``tests/unit/test_openapi.py`` checks the document against the url map and
 runs schemathesis against the app with it.
 """
@@ -13,11 +15,14 @@ import importlib.metadata
 
 from flask import Blueprint, current_app
 
+from app import results, uploads
 from app.jobs import IDEMPOTENCY_KEY
 from app.validation import JOB_SCHEMA
+from workers import datasets
 from workers.errors import ColumnNotFound, MissingParameter, ParameterError, UnexpectedParameter, UnknownOperation
+from workers.frames import COLUMN_TYPES
 from workers.operations import REGISTRY
-from workers.status import TERMINAL, JobStatus
+from workers.status import TERMINAL, JobStatus, Phase
 
 bp = Blueprint("openapi", __name__)
 
@@ -77,7 +82,10 @@ def job_request_schema(config):
     props["dataset"].update(items={"type": "object"}, maxItems=config["MAX_RECORDS"])
     props["operations"].update(items=_ref("Step"), maxItems=config["MAX_OPERATIONS"])
     schema["description"] = (
-        f"A job. Limits: at most {config['MAX_RECORDS']} records and {config['MAX_OPERATIONS']} operations (400 "
+        "A job: its records inline (`dataset`) or the id of an uploaded dataset (`dataset_id`), exactly one of them "
+        "(400 invalid_body); a `dataset_id` that is unknown, expired or another token's is 404 dataset_not_found, "
+        "one still uploading 409 dataset_not_ready. "
+        f"Limits: at most {config['MAX_RECORDS']} records and {config['MAX_OPERATIONS']} operations (400 "
         f"limit_exceeded); strings (keys and values) of at most {config['MAX_STRING_LENGTH']} characters and nesting "
         f"at most {config['MAX_JSON_DEPTH']} deep (400 limit_exceeded); a body of at most "
         f"{config['MAX_CONTENT_LENGTH']} bytes (413 payload_too_large). A step may name only columns that exist at "
@@ -93,6 +101,9 @@ def job_request_schema(config):
 
 _INT = {"type": "integer", "minimum": 0}
 _TIME = {"type": "string", "format": "date-time"}
+_PART = {"type": "integer", "minimum": datasets.PARTS.start, "maximum": datasets.PARTS.stop - 1}
+#: ``progress.phase`` of a processing job (:class:`~workers.status.Phase`).
+PHASES = tuple(phase.value for phase in Phase)
 
 
 def _schemas(config):
@@ -138,8 +149,21 @@ def _schemas(config):
                 "operations_done": _INT,
                 "operations_total": _INT,
                 "current_operation": {"type": ["string", "null"]},
+                "phase": {
+                    "enum": [*PHASES, None],
+                    "description": "What a running job is doing: loading its data, running operations, or saving "
+                    "its result; null unless the job is processing.",
+                },
+                "chunks_done": _INT,
+                "chunks_total": {
+                    **_INT,
+                    "description": f"Chunks (of at most {config['CHUNK_ROWS']} rows, CHUNK_ROWS) the current "
+                    "operations run over, chunk by chunk; 1 for an operation that needs every row at once.",
+                },
             },
-            "required": ["operations_done", "operations_total", "current_operation"],
+            "required": [
+                "operations_done", "operations_total", "current_operation", "phase", "chunks_done", "chunks_total",
+            ],
         },
         "OperationStats": {
             "type": "object",
@@ -153,15 +177,39 @@ def _schemas(config):
         },
         "JobResult": {
             "type": "object",
-            "description": "A completed job's statistics and processed records.",
+            "description": "A completed job's statistics and, when it has at most "
+            f"{config['INLINE_RESULT_ROWS']} rows (INLINE_RESULT_ROWS), its records; every result is downloaded "
+            "from `result_url` (GET /jobs/{job_id}/result).",
             "properties": {
                 "processed_items": _INT,
                 "output_items": _INT,
                 "operations_applied": _INT,
                 "operations": {"type": "array", "items": _ref("OperationStats")},
-                "data": {"type": "array", "items": {"type": "object"}},
+                "columns": {"type": "array", "items": _ref("Column"), "description": "The result's columns."},
+                "workers": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "The worker hosts that ran the job.",
+                },
+                "result_url": {"type": "string", "description": "Where to download the whole result."},
+                "truncated": {
+                    "type": "boolean",
+                    "description": "True when `data` is null: the result is larger than INLINE_RESULT_ROWS rows, "
+                    "or was deleted.",
+                },
+                "data": {
+                    "type": ["array", "null"],
+                    "items": {"type": "object"},
+                    "maxItems": config["INLINE_RESULT_ROWS"],
+                    "description": f"The result's records when there are at most {config['INLINE_RESULT_ROWS']} "
+                    "(and the result was not deleted); else null.",
+                },
             },
-            "required": ["processed_items", "output_items", "operations_applied", "operations", "data"],
+            "required": [
+                "processed_items", "output_items", "operations_applied", "operations",
+                "columns", "workers", "result_url", "truncated", "data",
+            ],
+            "x-inline-result-rows": config["INLINE_RESULT_ROWS"],
         },
         "JobError": {
             "type": "object",
@@ -198,13 +246,45 @@ def _schemas(config):
                 "name": {"type": "string"},
                 "description": {"type": "string"},
                 "parameters": {"type": "object", "description": "JSON Schema (2020-12) of the operation's params."},
+                "row_local": {
+                    "type": "boolean",
+                    "description": "True when the operation runs on each chunk of rows apart (a filter, a column "
+                    "change); false when it needs every row at once (sort, deduplicate).",
+                },
             },
-            "required": ["name", "description", "parameters"],
+            "required": ["name", "description", "parameters", "row_local"],
         },
         "Catalogue": {
             "type": "object",
             "properties": {"operations": {"type": "array", "items": _ref("OperationInfo")}},
             "required": ["operations"],
+        },
+        "Column": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "type": {"enum": list(COLUMN_TYPES)}},
+            "required": ["name", "type"],
+        },
+        "Dataset": {
+            "type": "object",
+            "description": "An uploaded dataset. While `uploading`, `rows`, `bytes` and `parts` count the parts "
+            "received so far and `columns` is empty; once `ready`, jobs may name it by `dataset_id`. It expires at "
+            "`expires_at` (JOB_TTL_SECONDS after it was created).",
+            "properties": {
+                "dataset_id": {"type": "string", "format": "uuid"},
+                "status": {"enum": [datasets.UPLOADING, datasets.READY]},
+                "rows": _INT,
+                "columns": {"type": "array", "items": _ref("Column")},
+                "bytes": {**_INT, "description": "The size of the bodies uploaded, all parts together."},
+                "parts": _INT,
+                "created_at": _TIME,
+                "expires_at": _TIME,
+            },
+            "required": ["dataset_id", "status", "rows", "columns", "bytes", "parts", "created_at", "expires_at"],
+        },
+        "DatasetPart": {
+            "type": "object",
+            "properties": {"part": _PART, "rows": _INT, "bytes": _INT},
+            "required": ["part", "rows", "bytes"],
         },
         "Health": {
             "type": "object",
@@ -234,6 +314,13 @@ def _responses():
         ),
         "JobNotFound": _error(
             "No such job: unknown, malformed or expired id, or another token's job.", ["job_not_found", "not_found"]
+        ),
+        "DatasetNotFound": _error(
+            "No such dataset: unknown, malformed or expired id, or another token's dataset.",
+            ["dataset_not_found", "not_found"],
+        ),
+        "StorageFull": _error(
+            "The data store has no room for this upload or result; nothing was kept.", ["storage_full"]
         ),
         "BackendUnavailable": _error(
             "Redis (job store and broker) is unreachable; retry after Retry-After seconds.",
@@ -297,10 +384,7 @@ def _submit(operation_id, summary, deprecated=False):
                 "description": "Accepted and queued.",
                 "headers": _LOCATION,
                 "content": _json(_ref("JobAccepted")),
-                "links": {
-                    "GetJob": {"operationId": "getJob", "parameters": {"job_id": "$response.body#/job_id"}},
-                    "CancelJob": {"operationId": "cancelJob", "parameters": {"job_id": "$response.body#/job_id"}},
-                },
+                "links": _links("$response.body#/job_id", "job_id", JOB_LINKS),
             },
             "200": {
                 "description": "A retry with an Idempotency-Key already used with this body: the job it created.",
@@ -309,11 +393,20 @@ def _submit(operation_id, summary, deprecated=False):
             },
             "400": _error("The job is invalid. Codes: " + ", ".join(_VALIDATION_CODES) + "."),
             "401": _ref("Unauthorized", "responses"),
-            "404": _error("A retry with an Idempotency-Key whose job has expired.", ["job_not_found"]),
-            "409": _error("The Idempotency-Key was used with another body.", ["idempotency_key_reused"]),
+            "404": _error(
+                "`dataset_id` names no dataset this token may use (dataset_not_found), or a retry with an "
+                "Idempotency-Key whose job has expired (job_not_found).",
+                ["dataset_not_found", "job_not_found"],
+            ),
+            "409": _error(
+                "The dataset named by `dataset_id` is still uploading (dataset_not_ready), or the Idempotency-Key "
+                "was used with another body (idempotency_key_reused).",
+                ["dataset_not_ready", "idempotency_key_reused"],
+            ),
             "413": _error("The body is larger than MAX_CONTENT_LENGTH.", ["payload_too_large"]),
             "415": _error("The body is not `application/json`.", ["unsupported_media_type"]),
             "503": _ref("BackendUnavailable", "responses"),
+            "507": _ref("StorageFull", "responses"),
         },
     }
     if deprecated:
@@ -321,14 +414,330 @@ def _submit(operation_id, summary, deprecated=False):
     return op
 
 
-def _paths():
-    job_id = {
-        "name": "job_id",
+#: Links from a new job and from a new dataset: ``{link name: operationId}``, each taking the new id.
+JOB_LINKS = {
+    "GetJob": "getJob",
+    "CancelJob": "cancelJob",
+    "GetJobResult": "getJobResult",
+    "DeleteJobResult": "deleteJobResult",
+}
+DATASET_LINKS = {
+    "GetDataset": "getDataset",
+    "PutDatasetPart": "putDatasetPart",
+    "CommitDataset": "commitDataset",
+    "DeleteDataset": "deleteDataset",
+}
+
+
+def _links(expression, parameter, targets):
+    return {name: {"operationId": target, "parameters": {parameter: expression}} for name, target in targets.items()}
+
+
+def _dataset_links(expression):
+    links = _links(expression, "dataset_id", DATASET_LINKS)
+    links["SubmitJob"] = {"operationId": "submitJob", "requestBody": {"dataset_id": expression, "operations": []}}
+    return links
+
+
+def upload_content():
+    """The request body of an upload: one entry per media type of ``app.uploads.FORMATS``.
+
+    A JSON array of objects is described as JSON; every other format is a file,
+    sent as the body's bytes in that media type.
+    """
+    content = {}
+    for media, fmt in uploads.FORMATS.items():
+        if fmt == "json":
+            schema = {"type": "array", "items": {"type": "object"}, "description": "The rows: an array of objects."}
+            content[media] = {"schema": schema, "examples": {"records": {"value": JOB_EXAMPLE["value"]["dataset"]}}}
+        else:
+            content[media] = {"schema": {"type": "string", "format": "binary", "contentMediaType": media}}
+    return content
+
+
+def _upload_body(config, required):
+    return {
+        "required": required,
+        "description": (
+            "The file, as the whole body, its Content-Type one of " + ", ".join(uploads.FORMATS) + " (else 415 "
+            f"unsupported_media_type). A body of at most {config['MAX_CONTENT_LENGTH']} bytes (MAX_CONTENT_LENGTH, "
+            f"413 payload_too_large); a dataset of at most {config['MAX_DATASET_ROWS']} rows (MAX_DATASET_ROWS) "
+            f"and {config['MAX_DATASET_BYTES']} bytes (MAX_DATASET_BYTES), all its parts together, and text cells "
+            f"of at most {config['MAX_STRING_LENGTH']} characters (400 limit_exceeded). Rows are stored in chunks "
+            f"of at most {config['CHUNK_ROWS']} rows (CHUNK_ROWS). Column types are read from the file; a column "
+            "of a type datajobs cannot process (binary data) is 400 unsupported_column_type."
+        ),
+        "content": upload_content(),
+        "x-max-content-length": config["MAX_CONTENT_LENGTH"],
+        "x-max-dataset-rows": config["MAX_DATASET_ROWS"],
+        "x-max-dataset-bytes": config["MAX_DATASET_BYTES"],
+        "x-chunk-rows": config["CHUNK_ROWS"],
+    }
+
+
+#: ``error.code`` of a 400 from reading an upload's body, whole or a part.
+_UPLOAD_CODES = ["invalid_dataset", "limit_exceeded", "unsupported_column_type"]
+
+
+def _upload_errors():
+    return {
+        "401": _ref("Unauthorized", "responses"),
+        "413": _error("The body is larger than MAX_CONTENT_LENGTH.", ["payload_too_large"]),
+        "415": _error(
+            "The Content-Type is none of " + ", ".join(uploads.FORMATS) + ".", ["unsupported_media_type"]
+        ),
+        "503": _ref("BackendUnavailable", "responses"),
+        "507": _ref("StorageFull", "responses"),
+    }
+
+
+def _id_parameter(name, issued_by):
+    """The path parameter ``name``: an id that ``issued_by`` returned."""
+    return {
+        "name": name,
         "in": "path",
         "required": True,
-        "description": "The id POST /jobs returned (a UUID); any other text is 404.",
+        "description": f"The id {issued_by} returned (a UUID); any other text is 404.",
         "schema": {"type": "string"},
     }
+
+
+def _dataset_paths(config):
+    dataset_id = _id_parameter("dataset_id", "POST /datasets")
+    described = {"description": "The dataset.", "content": _json(_ref("Dataset"))}
+    common = {
+        "401": _ref("Unauthorized", "responses"),
+        "404": _ref("DatasetNotFound", "responses"),
+        "503": _ref("BackendUnavailable", "responses"),
+    }
+    committed = _error("The dataset has been committed: its parts can no longer change.", ["dataset_committed"])
+    return {
+        "/datasets": {
+            "post": {
+                "operationId": "createDataset",
+                "tags": ["datasets"],
+                "summary": "Upload a file as a dataset, or with ?upload=parts open an upload in parts.",
+                "description": "Without `upload`, the body is the whole file and the dataset is ready at once. "
+                "With `upload=parts` the body is empty: the dataset is `uploading` until its parts (PUT "
+                "/datasets/{dataset_id}/parts/{number}) are committed (POST /datasets/{dataset_id}/commit).",
+                "parameters": [
+                    {
+                        "name": "upload",
+                        "in": "query",
+                        "required": False,
+                        "description": "`parts`: open an upload in parts (no body); anything else is 400 "
+                        "invalid_parameter.",
+                        "schema": {"enum": ["parts"]},
+                    }
+                ],
+                "requestBody": _upload_body(config, required=False),
+                "responses": {
+                    "201": {
+                        "description": "Created: `ready` (a whole file) or `uploading` (?upload=parts).",
+                        "headers": {
+                            "Location": {
+                                "required": True,
+                                "description": "GET this to describe the dataset.",
+                                "schema": {"type": "string"},
+                            }
+                        },
+                        "content": _json(_ref("Dataset")),
+                        "links": _dataset_links("$response.body#/dataset_id"),
+                    },
+                    "400": _error(
+                        "The body is not a dataset in its format, is over a limit, or is not empty with "
+                        "?upload=parts (invalid_body); `upload` is not `parts` (invalid_parameter).",
+                        ["invalid_body", "invalid_parameter", *_UPLOAD_CODES],
+                    ),
+                    **_upload_errors(),
+                },
+            }
+        },
+        "/datasets/{dataset_id}": {
+            "parameters": [dataset_id],
+            "get": {
+                "operationId": "getDataset",
+                "tags": ["datasets"],
+                "summary": "Describe a dataset: status, rows, columns and their types, size, parts, expiry.",
+                "responses": {"200": described, **common},
+            },
+            "delete": {
+                "operationId": "deleteDataset",
+                "tags": ["datasets"],
+                "summary": "Delete a dataset and its data; jobs still queued on it fail (expired).",
+                "responses": {"204": {"description": "Deleted."}, **common},
+            },
+        },
+        "/datasets/{dataset_id}/parts/{number}": {
+            "parameters": [
+                dataset_id,
+                {
+                    "name": "number",
+                    "in": "path",
+                    "required": True,
+                    "description": f"The part's number, {datasets.PARTS.start} to {datasets.PARTS.stop - 1}: parts "
+                    "are joined in this order, and must be numbered from 1 without gaps. Sending a part again "
+                    "replaces it.",
+                    "schema": _PART,
+                },
+            ],
+            "put": {
+                "operationId": "putDatasetPart",
+                "tags": ["datasets"],
+                "summary": "Upload one part of a dataset opened with ?upload=parts.",
+                "requestBody": _upload_body(config, required=True),
+                "responses": {
+                    "200": {
+                        "description": "The part is stored.",
+                        "content": _json(_ref("DatasetPart")),
+                        "links": {
+                            "CommitDataset": {
+                                "operationId": "commitDataset",
+                                "parameters": {"dataset_id": "$request.path.dataset_id"},
+                            },
+                            "GetDataset": {
+                                "operationId": "getDataset",
+                                "parameters": {"dataset_id": "$request.path.dataset_id"},
+                            },
+                        },
+                    },
+                    "400": _error(
+                        "The part number is not a whole number in range (invalid_part), or the body is not a "
+                        "dataset in its format or is over a limit.",
+                        ["invalid_part", *_UPLOAD_CODES],
+                    ),
+                    "404": _ref("DatasetNotFound", "responses"),
+                    "409": committed,
+                    **_upload_errors(),
+                },
+            },
+        },
+        "/datasets/{dataset_id}/commit": {
+            "parameters": [dataset_id],
+            "post": {
+                "operationId": "commitDataset",
+                "tags": ["datasets"],
+                "summary": "Join the uploaded parts, in order, into a ready dataset.",
+                "responses": {
+                    "200": {
+                        **described,
+                        "links": {
+                            "SubmitJob": {
+                                "operationId": "submitJob",
+                                "requestBody": {"dataset_id": "$response.body#/dataset_id", "operations": []},
+                            }
+                        },
+                    },
+                    "400": _error(
+                        "No parts, or a gap in their numbers (missing_part, naming it); parts whose columns "
+                        "disagree (schema_mismatch, naming the part and the column); over a limit "
+                        "(limit_exceeded).",
+                        ["missing_part", "schema_mismatch", "limit_exceeded"],
+                    ),
+                    **common,
+                    "409": committed,
+                },
+            },
+        },
+    }
+
+
+def _result_content():
+    """The body of a result download: one entry per format of ``app.results.FORMATS``."""
+    content = {}
+    for fmt, (media, _) in results.FORMATS.items():
+        media = media.split(";")[0]  # the charset of CSV is a parameter, not another media type
+        if fmt == "json":
+            content[media] = {"schema": {"type": "array", "items": {"type": "object"}}}
+        else:
+            content[media] = {"schema": {"type": "string", "format": "binary", "contentMediaType": media}}
+    return content
+
+
+def _result_paths(job_id):
+    formats = list(results.FORMATS)
+    not_finished = _error("The job has not completed (or it failed or was cancelled).", ["job_not_finished"])
+    deleted = _error("The result was deleted (DELETE /jobs/{job_id}/result).", ["result_deleted"])
+    common = {
+        "401": _ref("Unauthorized", "responses"),
+        "404": _ref("JobNotFound", "responses"),
+        "409": not_finished,
+        "410": deleted,
+        "503": _ref("BackendUnavailable", "responses"),
+    }
+    count = {"type": "integer", "minimum": 0}
+    return {
+        "parameters": [job_id],
+        "get": {
+            "operationId": "getJobResult",
+            "tags": ["jobs"],
+            "summary": "Download a completed job's result, streamed in the format asked for.",
+            "description": "The format is `?format=`, else the best match of the `Accept` header among "
+            + ", ".join(media for media, _ in results.FORMATS.values())
+            + f", else {formats[0]}. CSV cells (and headers) a spreadsheet would run as formulas get a leading "
+            "`'` unless `raw=true`.",
+            "parameters": [
+                {
+                    "name": "format",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"enum": formats},
+                    "description": "The download format (400 invalid_parameter otherwise).",
+                },
+                {
+                    "name": "offset",
+                    "in": "query",
+                    "required": False,
+                    "schema": {**count, "default": 0},
+                    "description": "Rows to skip.",
+                },
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": count,
+                    "description": "Most rows to return (default: all).",
+                },
+                {
+                    "name": "raw",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "boolean", "default": False},
+                    "description": "CSV only: write cells as they are, without the formula guard.",
+                },
+            ],
+            "responses": {
+                "200": {
+                    "description": "The rows from `offset`, at most `limit` of them.",
+                    "headers": {
+                        "Content-Disposition": {
+                            "required": True,
+                            "description": "attachment, with a file name of the job id and the format's extension.",
+                            "schema": {"type": "string"},
+                        },
+                        "X-Result-Rows": {
+                            "required": True,
+                            "description": "The number of rows in this body.",
+                            "schema": _INT,
+                        },
+                    },
+                    "content": _result_content(),
+                },
+                "400": _error("`format`, `offset`, `limit` or `raw` is not valid.", ["invalid_parameter"]),
+                **common,
+            },
+        },
+        "delete": {
+            "operationId": "deleteJobResult",
+            "tags": ["jobs"],
+            "summary": "Free a completed job's result now; afterwards it is 410 result_deleted.",
+            "responses": {"204": {"description": "Deleted."}, **common},
+        },
+    }
+
+
+def _paths(config):
+    job_id = _id_parameter("job_id", "POST /jobs")
     return {
         "/jobs": {"post": _submit("submitJob", "Submit a job: a dataset and the operations to run over it.")},
         "/process": {
@@ -365,6 +774,8 @@ def _paths():
                 },
             },
         },
+        "/jobs/{job_id}/result": _result_paths(job_id),
+        **_dataset_paths(config),
         "/operations": {
             "get": {
                 "operationId": "listOperations",
@@ -419,17 +830,19 @@ def build_document(config):
         "info": {
             "title": "datajobs",
             "version": _version(),
-            "description": "Submit a dataset and a list of named operations; follow the job; fetch the result. "
+            "description": "Upload a dataset (or send its records inline) and a list of named operations; follow "
+            "the job; download the result. "
             "Every error is `{\"error\": {\"code\", \"message\", \"details\"}}`: an unknown path is 404 not_found, "
             "a method a path does not have is 405 method_not_allowed. Bearer tokens are required only when the "
             "server is configured with API_TOKENS; /health never needs one.",
         },
         "tags": [
-            {"name": "jobs", "description": "Submit, follow and cancel jobs."},
+            {"name": "jobs", "description": "Submit, follow and cancel jobs; download their results."},
+            {"name": "datasets", "description": "Upload files (whole, or in parts) for jobs to run over."},
             {"name": "operations", "description": "What a job can do."},
             {"name": "meta", "description": "Health and this document."},
         ],
-        "paths": _paths(),
+        "paths": _paths(config),
         "components": {
             "schemas": _schemas(config),
             "responses": _responses(),

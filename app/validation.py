@@ -7,10 +7,11 @@ was exceeded, and never quotes the offending value.
 """
 
 import json
+from typing import NamedTuple
 
 from jsonschema import Draft202012Validator
 
-from workers import frames, pipeline
+from workers import pipeline
 from workers.errors import InvalidRequest
 
 #: The request body of ``POST /jobs``. Records are checked by :func:`read_job`
@@ -19,23 +20,38 @@ JOB_SCHEMA = {
     "type": "object",
     "properties": {
         "dataset": {"type": "array", "description": "The records to process: a list of JSON objects."},
+        "dataset_id": {
+            "type": "string",
+            "description": "Or the id of a dataset uploaded with POST /datasets (ready, and this token's).",
+        },
         "operations": {
             "type": "array",
             "description": "Steps, in order: an operation name, or {\"name\": ..., \"params\": {...}}.",
         },
     },
-    "required": ["dataset", "operations"],
+    "required": ["operations"],
+    "oneOf": [{"required": ["dataset"]}, {"required": ["dataset_id"]}],
     "additionalProperties": False,
 }
 _validator = Draft202012Validator(JOB_SCHEMA)
 
 
+class JobRequest(NamedTuple):
+    """A submission that passed :func:`read_job`: inline ``dataset`` records or a ``dataset_id``, and its steps."""
+
+    dataset: list | None
+    dataset_id: str | None
+    steps: list
+
+
 def read_job(request, limits):
-    """Return ``(dataset, steps)`` from a Flask request, or raise an ``InvalidRequest``/``ParameterError``.
+    """Return a :class:`JobRequest` from a Flask request, or raise an ``InvalidRequest``/``ParameterError``.
 
     Checks, in order: content type, JSON syntax, the body's shape, the limits in
     ``limits`` (the app config), every record, every operation and its
-    parameters, and the columns each step names given the steps before it.
+    parameters. The columns each step names (and their types) are checked by
+    the caller with :func:`~workers.pipeline.check_columns`, once it knows the
+    dataset's schema.
     """
     if not request.is_json:
         raise InvalidRequest(
@@ -47,7 +63,7 @@ def read_job(request, limits):
         where = f" at line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise InvalidRequest("invalid_json", f"The request body is not valid JSON{where}.") from None
     except RecursionError:  # nested far deeper than any limit: the parser gave up
-        raise _too_deep(limits["MAX_JSON_DEPTH"], None) from None
+        raise too_deep(limits["MAX_JSON_DEPTH"], None) from None
 
     error = next(iter(_validator.iter_errors(body)), None)
     if error is not None:
@@ -55,7 +71,12 @@ def read_job(request, limits):
         code = {"dataset": "invalid_dataset", "operations": "invalid_operations"}.get(field, "invalid_body")
         raise InvalidRequest(code, _describe(error), field=field)
 
-    dataset, operations = body["dataset"], body["operations"]
+    dataset, operations = body.get("dataset"), body["operations"]
+    if dataset is None:
+        _check_nesting(operations, 2, limits["MAX_STRING_LENGTH"], limits["MAX_JSON_DEPTH"], "'operations'",
+                       field="operations")
+        _check_count("operations", "operations", len(operations), limits["MAX_OPERATIONS"], "MAX_OPERATIONS")
+        return JobRequest(None, body["dataset_id"], pipeline.parse_steps(operations))
     _check_count("dataset", "records", len(dataset), limits["MAX_RECORDS"], "MAX_RECORDS")
     _check_count("operations", "operations", len(operations), limits["MAX_OPERATIONS"], "MAX_OPERATIONS")
     max_length, max_depth = limits["MAX_STRING_LENGTH"], limits["MAX_JSON_DEPTH"]
@@ -70,13 +91,11 @@ def read_job(request, limits):
         # Inlined for flat records, the common case: a million of them take one pass.
         for key, value in record.items():
             if len(key) > max_length or (type(value) is str and len(value) > max_length):
-                raise _too_long(max_length, f"dataset item {index}", field="dataset", index=index)
+                raise too_long(max_length, f"dataset item {index}", field="dataset", index=index)
             if type(value) is dict or type(value) is list:
                 _check_nesting(value, 4, max_length, max_depth, f"dataset item {index}", field="dataset", index=index)
     _check_nesting(operations, 2, max_length, max_depth, "'operations'", field="operations")
-    steps = pipeline.parse_steps(operations)
-    pipeline.check_columns(steps, frames.columns_of(dataset))
-    return dataset, steps
+    return JobRequest(dataset, None, pipeline.parse_steps(operations))
 
 
 def _check_count(field, what, count, limit, setting):
@@ -96,15 +115,15 @@ def _check_nesting(value, depth, max_length, max_depth, where, **details):
     while stack:
         node, depth = stack.pop()
         if depth > max_depth:
-            raise _too_deep(max_depth, where, **details)
+            raise too_deep(max_depth, where, **details)
         for key, item in node.items() if type(node) is dict else enumerate(node):
             if (type(key) is str and len(key) > max_length) or (type(item) is str and len(item) > max_length):
-                raise _too_long(max_length, where, **details)
+                raise too_long(max_length, where, **details)
             if type(item) is dict or type(item) is list:
                 stack.append((item, depth + 1))
 
 
-def _too_long(limit, where, **details):
+def too_long(limit, where, **details):
     return InvalidRequest(
         "limit_exceeded",
         f"A string in {where} is longer than the limit of {limit} characters (MAX_STRING_LENGTH).",
@@ -114,7 +133,7 @@ def _too_long(limit, where, **details):
     )
 
 
-def _too_deep(limit, where, **details):
+def too_deep(limit, where, **details):
     return InvalidRequest(
         "limit_exceeded",
         f"The request body nests arrays and objects{f' in {where}' if where else ''} deeper than the limit of "
@@ -135,11 +154,14 @@ def _field(error):
 
 def _describe(error):
     if error.validator == "type" and not error.absolute_path:
-        return "The request body must be a JSON object with 'dataset' and 'operations'."
+        return "The request body must be a JSON object with 'dataset' (or 'dataset_id') and 'operations'."
     if error.validator == "type":
-        return f"'{error.absolute_path[0]}' must be a list."
+        wanted = "a string" if error.absolute_path[0] == "dataset_id" else "a list"
+        return f"'{error.absolute_path[0]}' must be {wanted}."
     if error.validator == "required":
         return f"The request body is missing '{_field(error)}'."
     if error.validator == "additionalProperties":
-        return "The request body has unexpected keys; a job has only 'dataset' and 'operations'."
+        return "The request body has unexpected keys; a job has only 'dataset' (or 'dataset_id') and 'operations'."
+    if error.validator == "oneOf":
+        return "The request body must have exactly one of 'dataset' (inline records) and 'dataset_id'."
     return error.message

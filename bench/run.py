@@ -6,19 +6,24 @@
 2. Throughput: a five-step pipeline over many rows through the whole system
    (submit, poll, get the data back), beside the naive app and the same steps
    in plain pandas in this process.
+3. Scale (``bench/scale.py``): a 1,000,000-row CSV through the same five steps to
+   Parquet with ``harvester run``, beside a plain pandas script and the
+   inline-JSON path, each a process measured with ``/usr/bin/time -v``, each
+   datajobs run on a Redis and a stack of its own. ``--huge`` adds a
+   10,000,000-row run (about 1 GB of CSV; several minutes).
 
-Redis: ``BENCH_REDIS_URL`` (default database 13 of the local Redis, flushed
-before and after: the benchmark owns it), else a Redis started here. The two
+Redis for 1 and 2: ``BENCH_REDIS_URL`` (default database 13 of the local Redis,
+flushed before and after: the benchmark owns it), else a Redis started here. The
 systems run one after the other, each with the machine to itself. Progress goes
 to stderr; the figures and a Markdown snippet for the README go to stdout.
 Timings are printed, never asserted.
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -29,14 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import celery  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import redis  # noqa: E402
 import requests  # noqa: E402
 
 import localstack  # noqa: E402
-from bench import naive, workload  # noqa: E402
+from bench import memory, naive, scale, workload  # noqa: E402
+from bench.report import machine, markdown_table, ms, ratio, secs, table  # noqa: E402
 from harvester.client import GatewayClient  # noqa: E402
 from harvester.errors import HarvesterError  # noqa: E402
 
@@ -57,15 +62,22 @@ class JobFailed(Exception):
 
 
 def datajobs_runner(client):
-    """Run a job through datajobs with the harvester's client: submit, then wait."""
+    """Run a job through datajobs with the harvester's client: submit, wait, then the records.
+
+    A result of more than ``INLINE_RESULT_ROWS`` rows is not inline in the job
+    (``data.truncated``): it is downloaded as JSON Lines from ``GET /jobs/<id>/result``.
+    """
 
     def run(dataset, operations, poll_interval, deadline):
         job_id = client.submit(dataset, operations, deadline=deadline)["job_id"]
         job = client.wait(job_id, poll_interval=poll_interval, deadline=deadline)
         if job["status"] != "completed":
             raise JobFailed(f"datajobs job {job_id} {job['status']}: {job.get('error')}")
-        data = job["data"]
-        return data["data"], sum(step["seconds"] for step in data["operations"])
+        data, records = job["data"], job["data"]["data"]
+        if data.get("truncated"):
+            with contextlib.closing(client.result(job_id, fmt="jsonl", deadline=deadline)) as response:
+                records = [json.loads(line) for line in response.iter_lines(chunk_size=1 << 20) if line]
+        return records, sum(step["seconds"] for step in data["operations"])
 
     return run
 
@@ -142,14 +154,6 @@ def measure_plain(records, repeat):
     return seconds, output, steps_only
 
 
-def check_operations(gateway_url):
-    """Refuse to run when a pipeline step is not in the gateway's ``GET /operations``."""
-    names = {op["name"] for op in requests.get(f"{gateway_url}/operations", timeout=10).json()["operations"]}
-    missing = [step["name"] for step in workload.OPERATIONS if step["name"] not in names]
-    if missing:
-        raise SystemExit(f"bench: the gateway has no operation(s) {missing}; update bench/workload.py")
-
-
 # --- the run -----------------------------------------------------------------------
 
 
@@ -172,7 +176,7 @@ def run_benchmarks(args, redis_url, log_dir):
 
     progress("datajobs: starting a worker (concurrency 2) and the gateway (gunicorn, 2 workers)")
     with localstack.stack(redis_url, workers=1, concurrency=2, log_dir=log_dir / "datajobs") as gateway:
-        check_operations(gateway)
+        workload.check_operations(gateway)
         with GatewayClient(gateway) as client:
             run = datajobs_runner(client)
             progress(f"datajobs: {WARMUP_JOBS} warm-up + {args.jobs} one-record jobs")
@@ -198,37 +202,11 @@ def run_benchmarks(args, redis_url, log_dir):
 # --- the report --------------------------------------------------------------------
 
 
-def ms(seconds):
-    return f"{seconds * 1000:.1f} ms"
-
-
-def secs(seconds):
-    return f"{seconds:.2f} s"
-
-
-def ratio(a, b):
-    return f"{a / b:.1f}×" if b else "n/a"
-
-
 def latency_stats(seconds):
     if not seconds:
         return None
     p50, p95 = np.percentile(seconds, [50, 95])
     return {"p50": p50, "p95": p95, "mean": statistics.fmean(seconds), "max": max(seconds)}
-
-
-def table(header, rows):
-    """Plain-text table, columns padded to their widest cell."""
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    line = lambda row: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
-    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
-
-
-def markdown_table(header, rows):
-    return "\n".join(
-        ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-        + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    )
 
 
 def report_rows(f):
@@ -260,9 +238,8 @@ def notes(f):
         f"dataset {json.dumps(workload.LATENCY_DATASET)}, operations {json.dumps(workload.LATENCY_OPERATIONS)}; "
         f"polled every {LATENCY_POLL} s (the first poll right after the submit answers), so a job is seen "
         f"done up to one interval after it ends: both columns are mostly submit + polling.",
-        f"Pipeline: normalize_text (strip, lowercase) → drop_nulls → deduplicate (name, city) → "
-        f"filter_rows (score gt 50) → sort (score, descending); wall time from records in memory to records back, "
-        f"median of {f['repeat']} run(s), polled every {PIPELINE_POLL} s. "
+        f"Pipeline: {workload.PIPELINE_TEXT}; wall time from records in memory to records back (datajobs: submit, poll, "
+        f"then `GET /jobs/<id>/result?format=jsonl`), median of {f['repeat']} run(s), polled every {PIPELINE_POLL} s. "
         f"Request body {f['body_bytes'] / 1e6:.1f} MB of JSON (the same for datajobs and naive).",
         f"Runs: plain {runs('plain')}; datajobs {runs('dj')}; naive {runs('naive')}. Plain pandas steps alone "
         f"(frame already built, no records out): {secs(f['plain_steps_only'])}; the datajobs worker's five steps "
@@ -289,14 +266,6 @@ def output_warnings(f):
     return warnings
 
 
-def machine(redis_url):
-    info = redis.Redis.from_url(redis_url).info("server")
-    return (
-        f"{len(os.sched_getaffinity(0))} CPUs (nproc), Python {platform.python_version()}, pandas {pd.__version__}, "
-        f"Celery {celery.__version__}, Redis {info['redis_version']}"
-    )
-
-
 def command(argv):
     """The command that produced these figures, as Markdown code."""
     env = "BENCH_REDIS_URL=" + shlex.quote(os.environ["BENCH_REDIS_URL"]) + " " if "BENCH_REDIS_URL" in os.environ else ""
@@ -304,70 +273,113 @@ def command(argv):
     return "`make bench` (`" + line + "`)" if line == ".venv/bin/python bench/run.py" else f"`{line}`"
 
 
-def print_report(f, redis_url, argv):
-    (lh, lr), (ph, pr) = report_rows(f)
-    print()
-    print(table(lh, lr))
-    print()
-    print(table(ph, pr))
-    print()
-    for note in notes(f):
-        print(f"- {note}")
-    warnings = output_warnings(f)
+def latency_section(f):
+    """The latency and in-memory pipeline figures as ``(tables, notes, warnings)``."""
     same = "the same ids in the same order" if f["same_ids_dj"] and f["same_ids_naive"] else "SEE WARNINGS"
-    print(
-        f"- Output check: datajobs {f['rows_out_dj']:,} rows, naive {f['rows_out_naive']:,}, "
+    check = (
+        f"Output check: datajobs {f['rows_out_dj']:,} rows, naive {f['rows_out_naive']:,}, "
         f"plain pandas {f['rows_out_plain']:,}: {same}."
     )
+    return list(report_rows(f)), [*notes(f), check], output_warnings(f)
+
+
+def scale_section(f):
+    """The figures of one scale run (``bench/scale.py``) as ``(tables, notes, warnings)``."""
+    return list(scale.tables(f)), scale.notes(f), f["warnings"]
+
+
+def print_report(sections, redis_versions, argv):
+    """Print every section as text, then as Markdown for the README, warnings at the end of each."""
+    warnings = [warning for _, _, section_warnings in sections for warning in section_warnings]
+    for tables, section_notes, _ in sections:
+        for header, rows in tables:
+            print()
+            print(table(header, rows))
+        print()
+        for note in section_notes:
+            print(f"- {note}")
     for warning in warnings:
         print(f"\n!!!!!!!! WARNING: {warning} !!!!!!!!", flush=True)
 
     print("\n--- Markdown for the README's Benchmarks section ---\n")
-    print(f"### {datetime.date.today().isoformat()}: {machine(redis_url)}\n")
+    print(f"### {datetime.date.today().isoformat()}: {machine(' / '.join(sorted(set(redis_versions))))}\n")
     print(f"{command(argv)}\n")
-    print(markdown_table(lh, lr))
-    print()
-    print(markdown_table(ph, pr))
-    print()
-    for note in notes(f):
-        print(f"- {note}")
-    if warnings:
-        print(f"- **Warning**: {'; '.join(warnings)}.")
+    for tables, section_notes, section_warnings in sections:
+        for header, rows in tables:
+            print(markdown_table(header, rows))
+            print()
+        for note in section_notes:
+            print(f"- {note}")
+        if section_warnings:
+            print(f"- **Warning**: {'; '.join(section_warnings)}.")
+        print()
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="bench/run.py")
     parser.add_argument("--jobs", type=int, help="one-record jobs per system (default 200)")
-    parser.add_argument("--rows", type=int, help="rows of the pipeline dataset (default 100000)")
-    parser.add_argument("--repeat", type=int, help="runs of the pipeline per system (default 5)")
-    parser.add_argument("--quick", action="store_true", help="smoke test: 20 jobs, 10,000 rows, 1 run (flags still win)")
+    parser.add_argument("--rows", type=int, help="rows of the in-memory pipeline dataset (default 100000)")
+    parser.add_argument("--repeat", type=int, help="runs of the in-memory pipeline per system (default 5)")
+    parser.add_argument("--scale-rows", type=int, help="rows of the scale benchmark's CSV (default 1000000)")
+    parser.add_argument("--scale-repeat", type=int, help="rounds of the scale benchmark (default 3)")
+    parser.add_argument("--huge", action="store_true",
+                        help="also run the scale benchmark once on --huge-rows rows (harvester and plain pandas)")
+    parser.add_argument("--huge-rows", type=int, default=10_000_000, help="rows of the --huge run (default 10000000)")
+    parser.add_argument("--scale-only", action="store_true", help="run the scale benchmark only")
+    parser.add_argument("--no-scale", action="store_true", help="skip the scale benchmark (and --huge)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 20 jobs, 10,000 rows, 1 run, scale 20,000 rows once (flags still win)")
     args = parser.parse_args(argv)
-    defaults = (20, 10_000, 1) if args.quick else (200, 100_000, 5)
-    for name, default in zip(("jobs", "rows", "repeat"), defaults):
+    names = ("jobs", "rows", "repeat", "scale_rows", "scale_repeat")
+    defaults = (20, 10_000, 1, 20_000, 1) if args.quick else (200, 100_000, 5, 1_000_000, 3)
+    for name, default in zip(names, defaults):
         if getattr(args, name) is None:
             setattr(args, name, default)
-    if args.jobs < 1 or args.rows < 1 or args.repeat < 1:
-        parser.error("--jobs, --rows and --repeat must be at least 1")
+    if min(getattr(args, name) for name in names) < 1 or args.huge_rows < 1:
+        parser.error("--jobs, --rows, --repeat, --scale-rows, --scale-repeat and --huge-rows must be at least 1")
+    if args.scale_only and args.no_scale:
+        parser.error("--scale-only and --no-scale leave nothing to run")
     return args
+
+
+def run_latency(args, log_dir):
+    """Benchmarks 1 and 2 on the Redis at ``BENCH_REDIS_URL`` (or one started here); return (section, Redis version)."""
+    with localstack.any_redis(os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL)) as (redis_url, how):
+        progress(how)
+        db = redis.Redis.from_url(redis_url)
+        db.flushdb()
+        try:
+            version = db.info("server")["redis_version"]
+            figures = run_benchmarks(args, redis_url, log_dir)
+        finally:
+            db.flushdb()
+            db.close()
+    return latency_section(figures), version
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if not args.no_scale:
+        memory.check_time()
+        if memory.redis_version() is None:
+            raise SystemExit("bench: the scale benchmark starts redis-server, which is not on the PATH (or pass --no-scale)")
     log_dir = Path(tempfile.mkdtemp(prefix="datajobs-bench-"))
+    progress(f"logs in {log_dir}")
     started = time.monotonic()
-    with localstack.any_redis(os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL)) as (redis_url, how):
-        progress(how)
-        progress(f"logs in {log_dir}")
-        db = redis.Redis.from_url(redis_url)
-        db.flushdb()
-        try:
-            figures = run_benchmarks(args, redis_url, log_dir)
-            progress(f"measured in {time.monotonic() - started:.0f} s; the worker and gateway processes are stopped")
-            print_report(figures, redis_url, argv)
-        finally:
-            db.flushdb()
-            db.close()
+    sections, versions = [], []
+    if not args.scale_only:
+        section, version = run_latency(args, log_dir)
+        sections.append(section)
+        versions.append(version)
+    if not args.no_scale:
+        runs = [(args.scale_rows, args.scale_repeat)] + ([(args.huge_rows, 1)] if args.huge else [])
+        for rows, repeat in runs:
+            figures = scale.run_scale(rows, repeat, log_dir)
+            sections.append(scale_section(figures))
+            versions.append(figures["redis_version"])
+    progress(f"measured in {time.monotonic() - started:.0f} s; every process started is stopped")
+    print_report(sections, versions, argv)
     return 0
 
 

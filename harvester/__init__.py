@@ -1,14 +1,19 @@
 """The harvester: a command-line client of the datajobs gateway.
 
-It reads a dataset (CSV, TSV, JSON, JSON Lines; a file or an http(s) URL),
-submits it with a list of operations, polls the job until it ends and writes the
-processed records with a manifest beside them.
+It reads a dataset (CSV, TSV, JSON, JSON Lines, Parquet, Arrow; a file or an
+http(s) URL) in Arrow batches, uploads it in parts, runs a job of operations on
+it, follows the job, downloads the result batch by batch and writes it with a
+manifest beside it. Memory holds a few batches, whatever the size of the data.
 
-- ``client``: the HTTP client of the gateway, with its retry policy (the benchmarks use it too).
-- ``io``: dataset readers and writers.
+- ``transport``: sessions, the retry policy, deadlines, the token; ``client``: the
+  gateway's commands (the benchmarks use it too).
+- ``sources``: reading a source as record batches; ``upload``: sending them as a dataset in parts.
+- ``download``: the result as an Arrow stream; ``outputs``: writing it, atomically.
+- ``formulas``: the CSV formula guard (the gateway's CSV download uses it too).
+- ``io``: formats by extension, the output checks, atomic files.
 - ``operations``: ``--op`` specs and operations files.
 - ``harvest``: one run, from source to output; ``manifest``: the file written beside the output.
-- ``report``: text for the terminal; ``cli``: the click commands and exit codes.
+- ``progress``: progress bars; ``report``: text for the terminal; ``cli``: the click commands and exit codes.
 - ``errors``: the exceptions, all under :class:`~harvester.errors.HarvesterError`.
 """
 

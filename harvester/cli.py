@@ -1,6 +1,7 @@
-"""The ``harvester`` command line: ``run``, ``operations`` and ``status``.
+"""The ``harvester`` command line: ``run``, ``fetch``, ``operations`` and ``status``.
 
-Logs go to stderr; with ``--json`` stdout holds exactly one JSON document.
+Logs go to stderr (with progress bars when it is a terminal); with ``--json``
+stdout holds exactly one JSON document.
 Exit codes are :class:`ExitCode`; :data:`JOB_OUTCOMES` says which a job's end
 status gives, :data:`ERROR_OUTCOMES` which error ends with which.
 
@@ -11,12 +12,13 @@ the token is sent as ``Authorization: Bearer`` and never printed or logged.
 import enum
 import json
 import logging
+import os
 import sys
 
 import click
 
 from harvester import __version__
-from harvester.client import GatewayClient, check_token
+from harvester.client import GatewayClient
 from harvester.errors import (
     GatewayError,
     GatewayUnreachable,
@@ -27,10 +29,10 @@ from harvester.errors import (
     ServerError,
     Unauthorized,
 )
-from harvester.harvest import Harvest
 from harvester.io import output_format
 from harvester.operations import load_operations, parse_op
 from harvester.report import format_catalogue, format_job, format_summary
+from harvester.transport import check_token
 from workers import settings
 from workers.status import JobStatus
 
@@ -76,12 +78,23 @@ def outcome_of(error):
 
 
 class _StderrHandler(logging.StreamHandler):
-    """The CLI's log handler; a class of its own so a second invocation replaces it."""
+    """The CLI's log handler; a class of its own so a second invocation replaces it.
+
+    It writes to whatever ``sys.stderr`` is at the time of each record: click's
+    CliRunner swaps it, and so do the progress bars, which print log lines above themselves.
+    """
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
 
 
 def _configure_logging():
-    # sys.stderr is looked up now, not at import, so click's CliRunner captures it.
-    handler = _StderrHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     # urllib3 logs its retries after connection errors at WARNING: show them.
     for name, level in (("harvester", logging.INFO), ("urllib3", logging.WARNING)):
@@ -124,6 +137,83 @@ def _token_option(command):
     )(command)
 
 
+def _output_options(command):
+    for option in reversed(
+        [
+            click.option(
+                "--output",
+                "-o",
+                metavar="PATH",
+                help="Write the processed records here (.jsonl, .csv, .json, .parquet, .arrow for an Arrow IPC "
+                "file or .arrows for a stream) with PATH.manifest.json beside it.",
+            ),
+            click.option("--force", is_flag=True, help="Write over PATH if it exists (never over the source)."),
+            click.option(
+                "--raw-csv",
+                is_flag=True,
+                help="CSV output: write text cells exactly as received. By default a text cell starting with "
+                "=, +, -, @, tab or carriage return (not a plain number such as -12.5) gets a leading ' "
+                "so spreadsheets do not run it as a formula.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _timeout_option(help_text):
+    return click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=300.0,
+        show_default=True,
+        help=help_text,
+    )
+
+
+def _check_output_option(output):
+    if output is not None:
+        try:
+            output_format(output)
+        except InputError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--output'") from None
+
+
+def _lean_allocator():
+    """Make pyarrow allocate with the system's allocator, unless ``$ARROW_DEFAULT_MEMORY_POOL`` chooses one.
+
+    pyarrow's default (mimalloc) keeps the pages of freed batches to reuse them:
+    batch after batch of a large file, that was some 80 MB more than in use at
+    the peak. The system's allocator gives large blocks back at once.
+    """
+    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        import pyarrow
+
+        pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+
+
+def _display():
+    from harvester.progress import display
+
+    return display(sys.stderr)
+
+
+def _finish(harvest, call, as_json):
+    """Run ``call`` (the harvest's ``run`` or ``fetch``), print the summary, exit with its code."""
+    try:
+        summary = call()
+        code = JOB_OUTCOMES[harvest.status]
+    except HarvesterError as exc:
+        code, outcome = outcome_of(exc)
+        log.error("%s", exc)
+        summary = harvest.summary(outcome, exc)
+    summary["exit_code"] = int(code)
+    click.echo(format_summary(summary), err=True)
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+    sys.exit(code)
+
+
 def _json_option(command):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(command)
 
@@ -164,19 +254,7 @@ def main():
     metavar="FILE.json",
     help='A JSON list of operations in the gateway\'s format: ["name", {"name": ..., "params": {...}}].',
 )
-@click.option(
-    "--output",
-    "-o",
-    metavar="PATH",
-    help="Write the processed records here (.jsonl, .csv, .json or .parquet) with PATH.manifest.json beside it.",
-)
-@click.option(
-    "--raw-csv",
-    is_flag=True,
-    help="CSV output: write text cells exactly as received. By default a text cell starting with "
-    "=, +, -, @, tab or carriage return (not a plain number such as -12.5) gets a leading ' "
-    "so spreadsheets do not run it as a formula.",
-)
+@_output_options
 @_gateway_option
 @_token_option
 @click.option(
@@ -186,19 +264,18 @@ def main():
     show_default=True,
     help="Seconds between two polls of the job.",
 )
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=300.0,
-    show_default=True,
-    help="Give up this many seconds after starting (exit 3, or 4 if the gateway is unreachable).",
+@_timeout_option(
+    "Give up this many seconds after starting, upload, job and download together "
+    "(exit 3, or 4 if the gateway is unreachable)."
 )
 @_json_option
-def run(source, ops, operations_file, output, raw_csv, gateway, token, poll_interval, timeout, as_json):
-    """Submit SOURCE with operations, wait for the job, and write what it returns.
+def run(source, ops, operations_file, output, force, raw_csv, gateway, token, poll_interval, timeout, as_json):
+    """Upload SOURCE, run operations on it, wait for the job, and write what it returns.
 
-    SOURCE is a .csv, .tsv, .json (array of objects) or .jsonl file, or an
-    http(s) URL of one. A summary goes to stderr (and to stdout with --json).
+    SOURCE is a .csv, .tsv, .json (array of objects), .jsonl (or .ndjson),
+    .parquet or .arrow/.arrows file, or an http(s) URL of one. It is read and
+    uploaded in parts, and the result downloaded, without holding either in
+    memory. A summary goes to stderr (and to stdout with --json).
 
     \b
     Exit codes: 0 completed, 1 job failed, 2 usage or input error (or the
@@ -213,33 +290,66 @@ def run(source, ops, operations_file, output, raw_csv, gateway, token, poll_inte
         operations += [parse_op(spec) for spec in ops]
     except InputError as exc:
         raise click.BadParameter(str(exc), param_hint="'--op'") from None
-    if output is not None:
-        try:
-            output_format(output)
-        except InputError as exc:
-            raise click.BadParameter(str(exc), param_hint="'--output'") from None
-    client = _client(gateway, token)
+    _check_output_option(output)
+    # Imported here: pyarrow takes a moment to load, which `status` and `operations` need not pay.
+    from harvester.harvest import Harvest
+
+    _lean_allocator()
+
     harvest = Harvest(
-        client,
+        _client(gateway, token),
         source,
         operations,
         output=output,
         poll_interval=poll_interval,
         timeout=timeout,
         neutralise_formulas=not raw_csv,
+        force=force,
+        display=_display(),
     )
-    try:
-        summary = harvest.run()
-        code = JOB_OUTCOMES[harvest.status]
-    except HarvesterError as exc:
-        code, outcome = outcome_of(exc)
-        log.error("%s", exc)
-        summary = harvest.summary(outcome, exc)
-    summary["exit_code"] = int(code)
-    click.echo(format_summary(summary), err=True)
-    if as_json:
-        click.echo(json.dumps(summary, ensure_ascii=False))
-    sys.exit(code)
+    _finish(harvest, harvest.run, as_json)
+
+
+@main.command()
+@click.argument("job_id")
+@_output_options
+@_gateway_option
+@_token_option
+@click.option(
+    "--poll-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Seconds between two tries when the gateway is unreachable.",
+)
+@_timeout_option("Give up this many seconds after starting (exit 4 if the gateway is unreachable).")
+@_json_option
+def fetch(job_id, output, force, raw_csv, gateway, token, poll_interval, timeout, as_json):
+    """Download the result of job JOB_ID, which has completed, to --output with its manifest.
+
+    \b
+    Exit codes: 0 written, 1 the job failed, 2 usage error, unknown job, or a
+    job not finished yet (or its result deleted), 4 gateway unreachable,
+    5 the job was cancelled.
+    """
+    if output is None:
+        raise click.UsageError("Missing option '--output' / '-o': where to write the result.")
+    _check_output_option(output)
+    from harvester.harvest import Harvest
+
+    _lean_allocator()
+    harvest = Harvest(
+        _client(gateway, token),
+        None,
+        [],
+        output=output,
+        poll_interval=poll_interval,
+        timeout=timeout,
+        neutralise_formulas=not raw_csv,
+        force=force,
+        display=_display(),
+    )
+    _finish(harvest, lambda: harvest.fetch(job_id), as_json)
 
 
 @main.command()

@@ -1,7 +1,10 @@
-"""One harvest: read a source, submit it, wait for the job, write the records and the manifest.
+"""One harvest: upload a source, submit a job on it, follow it, download the result, write the manifest.
 
 Kept apart from the click commands so it can be driven without a terminal; the
-CLI turns its outcome into an exit code.
+CLI turns its outcome into an exit code. Nothing of the source or the result is
+held whole in memory: the source goes up in parts (:mod:`harvester.upload`), the
+result comes down batch by batch (:mod:`harvester.download`) into a temporary
+file that becomes the output only once complete (:mod:`harvester.outputs`).
 """
 
 import logging
@@ -9,11 +12,15 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from harvester import io
-from harvester.client import retry_until
-from harvester.errors import GatewayError, InputError, JobTimeout
+from harvester import io, upload
+from harvester.download import download
+from harvester.errors import GatewayError, HarvesterError, InputError, JobTimeout
 from harvester.manifest import build_manifest, manifest_path
 from harvester.operations import operation_name
+from harvester.outputs import Output
+from harvester.progress import Display, Task
+from harvester.sources import Source
+from harvester.transport import retry_until
 from workers.status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -29,32 +36,51 @@ def _plural(count, noun):
 
 
 class Harvest:
-    """One run of ``harvester run``.
+    """One run of ``harvester run`` (:meth:`run`) or ``harvester fetch`` (:meth:`fetch`).
 
     Args:
         client: a :class:`~harvester.client.GatewayClient`.
-        source: path or http(s) URL of the dataset.
+        source: path or http(s) URL of the dataset (None for :meth:`fetch`).
         operations: the job's operations, in the gateway's format.
         output: path to write the processed records to, or None to write nothing.
         poll_interval: seconds between two polls (and two tries of an unreachable gateway).
-        timeout: seconds from the start of :meth:`run` after which it gives up.
+        timeout: seconds from the start after which it gives up: upload, job and download together.
         neutralise_formulas: CSV output only: write text cells a spreadsheet would
-            run as formulas with a leading ``'`` (:func:`harvester.io.neutralise_formula`).
+            run as formulas with a leading ``'`` (:mod:`harvester.formulas`).
+        force: write over an existing output. The source itself is never written over.
+        display: a :class:`~harvester.progress.Display` for progress bars; none by default.
+        part_bytes: target size of an uploaded part; :data:`~harvester.upload.PART_BYTES` when None.
 
-    The attributes (``job_id``, ``job``, ``rows_in``...) fill in as the run goes,
-    so :meth:`summary` can describe a run that stopped half way.
+    The attributes (``job_id``, ``job``, ``rows_in``, ``uploader``...) fill in as the
+    run goes, so :meth:`summary` can describe a run that stopped half way.
     """
 
     def __init__(
-        self, client, source, operations, *, output=None, poll_interval=2.0, timeout=300.0, neutralise_formulas=True
+        self,
+        client,
+        source,
+        operations,
+        *,
+        output=None,
+        poll_interval=2.0,
+        timeout=300.0,
+        neutralise_formulas=True,
+        force=False,
+        display=None,
+        part_bytes=None,
     ):
         self.client, self.source, self.operations = client, source, operations
         self.output, self.poll_interval, self.timeout = output, poll_interval, timeout
-        self.neutralise_formulas = neutralise_formulas
-        self.output_format = self.manifest = None
+        self.neutralise_formulas, self.force = neutralise_formulas, force
+        self.display = display or Display()
+        self.part_bytes = part_bytes or upload.PART_BYTES
+        self.output_format = self.manifest = self.written = None
         self.job_id = self.job = self.rows_in = None
+        self.reader = self.uploader = self.uploaded = None
         self.started = self.ended = None
         self.timings = {}
+        self._job_task = Task()
+        self._logged = None
 
     def run(self):
         """Run the harvest and return its :meth:`summary`. A failed or cancelled job is an outcome, not an error.
@@ -63,104 +89,189 @@ class Harvest:
         cancelled job leaves nothing at the output path.
 
         Raises:
-            InputError: bad output path, unreadable source, or the records cannot be written.
-            GatewayError: the gateway refused the job or the token (4xx, ``Unauthorized`` for 401)
-                or failed (5xx, ``ServerError``).
+            InputError: bad or existing output path, unreadable source, or the records cannot be written.
+            GatewayError: the gateway refused the dataset, the job or the token (4xx, ``Unauthorized``
+                for 401) or failed (5xx, ``ServerError``).
             GatewayUnreachable: the gateway could not be reached by the deadline.
             JobTimeout: the job had not ended by the deadline.
         """
-        self.started = time.monotonic()
-        self.timings["started_at"] = utc_now()
-        deadline = self.started + self.timeout
+        deadline = self._start()
         try:
-            if self.output is not None:
-                self.output_format = io.check_output(self.output)
-            dataset = io.read_records(self.source, session=self.client.session, deadline=deadline)
-            self.rows_in = len(dataset)
-            log.info("Read %s from %s.", _plural(self.rows_in, "record"), self.source)
-            self.job_id = self._submit(dataset, deadline)["job_id"]
-            self.timings["submitted_at"] = utc_now()
-            log.info(
-                "Submitted job %s (%s, %s) to %s.",
-                self.job_id,
-                _plural(self.rows_in, "record"),
-                _plural(len(self.operations), "operation"),
-                self.client.base_url,
-            )
-            self.job = self._wait(deadline)
-            self.timings["finished_at"] = utc_now()
-            if self.output is not None and self.status is JobStatus.COMPLETED:
-                try:
-                    self._write()
-                except InputError as exc:
-                    raise InputError(
-                        f"{exc.message} The records stay at the gateway until the job expires: "
-                        f"harvester status {self.job_id} --json"
-                    ) from None
+            self._check_output()
+            self.reader = Source(self.source, session=self.client.session, deadline=deadline)
+            with self.display:
+                self._upload(deadline)
+                self.job_id = self._submit(deadline)["job_id"]
+                self.timings["submitted_at"] = utc_now()
+                log.info(
+                    "Submitted job %s (%s, %s) to %s.",
+                    self.job_id,
+                    _plural(self.rows_in, "record"),
+                    _plural(len(self.operations), "operation"),
+                    self.client.base_url,
+                )
+                self.job = self._wait(deadline)
+                self.timings["finished_at"] = utc_now()
+                if self.output is not None and self.status is JobStatus.COMPLETED:
+                    self._write(deadline)
         finally:
             self.ended = time.monotonic()
         return self.summary()
 
-    def _submit(self, dataset, deadline):
+    def fetch(self, job_id):
+        """Download the result of job ``job_id``, which ended before, into the output; return the :meth:`summary`.
+
+        A job that failed or was cancelled is an outcome (nothing is written); one
+        still queued or running is an error.
+
+        Raises:
+            InputError: bad or existing output path, the job has not ended, or the records cannot be written.
+            JobNotFound: the gateway has no such job.
+            GatewayError, GatewayUnreachable: as for :meth:`run`.
+        """
+        deadline = self._start()
+        self.job_id = job_id
+        try:
+            self._check_output()
+            self.job = retry_until(
+                lambda: self.client.job(job_id, deadline=deadline),
+                deadline=deadline,
+                interval=self.poll_interval,
+                what=f"getting job {job_id}",
+            )
+            if not self.status.is_terminal:
+                raise InputError(
+                    f"Job {job_id} has not finished: it is {self.status.value}. Follow it with "
+                    f"harvester status {job_id}, then fetch it."
+                )
+            if self.status is JobStatus.COMPLETED:
+                with self.display:
+                    self._write(deadline)
+        finally:
+            self.ended = time.monotonic()
+        return self.summary()
+
+    def _start(self):
+        self.started = time.monotonic()
+        self.timings["started_at"] = utc_now()
+        return self.started + self.timeout
+
+    def _check_output(self):
+        if self.output is not None:
+            self.output_format = io.check_output(self.output, source=self.source, force=self.force)
+
+    def _upload(self, deadline):
+        reader = self.reader
+        log.info("Uploading %s to %s.", self.source, self.client.base_url)
+        task = self.display.task("Uploading", total=None, unit=reader.unit)
+        self.uploader = upload.Upload(
+            self.client,
+            reader,
+            deadline=deadline,
+            interval=self.poll_interval,
+            progress=task,
+            part_bytes=self.part_bytes,
+        )
+        self.uploaded = self.uploader.run()
+        task.finish()
+        self.rows_in = self.uploaded.rows
+        self.timings["uploaded_at"] = utc_now()
+        log.info(
+            "Uploaded %s from %s as dataset %s (%s, %s).",
+            _plural(self.rows_in, "record"),
+            self.source,
+            self.uploaded.dataset_id,
+            _plural(self.uploaded.parts, "part"),
+            _plural(self.uploaded.bytes, "byte"),
+        )
+
+    def _submit(self, deadline):
         # One key for every try of this submission: a retry gets the job the first try made (200), not a second one.
         key = str(uuid.uuid4())
+        dataset_id = self.uploaded.dataset_id
         return retry_until(
-            lambda: self.client.submit(dataset, self.operations, idempotency_key=key, deadline=deadline),
+            lambda: self.client.submit(dataset_id, self.operations, idempotency_key=key, deadline=deadline),
             deadline=deadline,
             interval=self.poll_interval,
             what="submitting the job",
         )
 
     def _wait(self, deadline):
+        self._job_task = self.display.task(f"Job {self.job_id[:8]}", total=None, unit="chunks")
         try:
-            return self.client.wait(
+            job = self.client.wait(
                 self.job_id, poll_interval=self.poll_interval, deadline=deadline, on_change=self._on_change
             )
         except JobTimeout as exc:
             self.job = exc.job
             raise JobTimeout(self.job_id, exc.job, seconds=self.timeout) from None
+        self._job_task.finish()
+        return job
 
     def _on_change(self, job):
         self.job = job
         progress = job.get("progress") or {}
         current = progress.get("current_operation")
-        log.info(
-            "Job %s %s: %s/%s operations%s.",
-            self.job_id,
-            job.get("status"),
-            progress.get("operations_done", "?"),
-            progress.get("operations_total", len(self.operations)),
-            f" (now {current})" if current and job.get("status") == JobStatus.PROCESSING else "",
+        done, total = progress.get("operations_done", "?"), progress.get("operations_total", len(self.operations))
+        running = f" (now {current})" if current and job.get("status") == JobStatus.PROCESSING else ""
+        phase = f", {progress['phase']}" if progress.get("phase") else ""
+        self._job_task.update(
+            progress.get("chunks_done") or 0,
+            total=progress.get("chunks_total"),
+            description=f"Job {self.job_id[:8]} {job.get('status')}: {done}/{total} operations{phase}",
         )
+        # One log line per status or operation, not one per chunk.
+        if (job.get("status"), done) != self._logged:
+            self._logged = (job.get("status"), done)
+            log.info("Job %s %s: %s/%s operations%s.", self.job_id, job.get("status"), done, total, running)
 
-    def _write(self):
+    def _write(self, deadline):
         data = self.job.get("data") or {}
-        records = data.get("data") or []
-        written = io.write_records(
-            records, self.output, self.output_format, neutralise_formulas=self.neutralise_formulas
-        )
+        rows = data.get("output_items")
+        log.info("Downloading the result of job %s (%s) to %s.", self.job_id, _plural(rows, "record"), self.output)
+        task = self.display.task("Downloading", total=rows, unit="rows")
+        try:
+            with Output(self.output, self.output_format, neutralise_formulas=self.neutralise_formulas) as out:
+                download(
+                    self.client,
+                    self.job_id,
+                    out,
+                    rows=rows,
+                    deadline=deadline,
+                    interval=self.poll_interval,
+                    progress=task,
+                )
+        except HarvesterError as exc:
+            log.info(
+                "The result stays at the gateway until the job expires: harvester fetch %s --output %s",
+                self.job_id,
+                self.output,
+            )
+            raise exc from None
+        task.finish()
+        self.written = out
+        self.timings["written_at"] = utc_now()
         # seconds: wall time from reading the source to the output written.
         timings = {**self.timings, "seconds": round(time.monotonic() - self.started, 3)}
         manifest = build_manifest(
             source=self.source,
+            source_sha256=self.reader.sha256 if self.reader else None,
             gateway=self.client.base_url,
             job=self.job,
             operations=self.operations,
             rows_in=self.rows_in,
-            output=self.output,
-            output_format=self.output_format,
+            dataset=self.uploaded,
+            output=out,
             timings=timings,
-            neutralise_formulas=self.neutralise_formulas and written.format == "csv",
-            cells_neutralised=written.cells_neutralised,
         )
         io.write_json(manifest, manifest_path(self.output))
         self.manifest = manifest_path(self.output)
-        if written.cells_neutralised:
+        if out.cells_neutralised:
             log.info(
                 "Wrote %s with a leading ' so spreadsheets do not run them as formulas (--raw-csv to keep them as is).",
-                _plural(written.cells_neutralised, "text cell"),
+                _plural(out.cells_neutralised, "text cell"),
             )
-        log.info("Wrote %d records to %s and the manifest to %s.", len(records), self.output, self.manifest)
+        log.info("Wrote %d records to %s and the manifest to %s.", out.rows, self.output, self.manifest)
 
     @property
     def status(self):
@@ -181,8 +292,9 @@ class Harvest:
             "outcome": outcome or (self.status.value if self.status else None),
             "status": self.status.value if self.status else None,
             "job_id": self.job_id,
-            "source": str(self.source),
+            "source": str(self.source) if self.source is not None else None,
             "gateway": self.client.base_url,
+            "dataset_id": self.uploader.dataset_id if self.uploader else None,
             "rows_in": data.get("processed_items", self.rows_in),
             "rows_out": data.get("output_items"),
             "operations": data.get("operations") or [],

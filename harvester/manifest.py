@@ -1,7 +1,8 @@
 """The manifest written beside a harvest's output: where the records came from and how.
 
 ``out.csv`` gets ``out.csv.manifest.json``. It is written after the output, so a
-manifest means the output beside it is complete.
+manifest means the output beside it is complete; its ``output.sha256`` lets
+anyone check that it still is, and ``source_sha256`` which bytes were read.
 """
 
 from harvester import __version__
@@ -12,56 +13,57 @@ def manifest_path(output):
     return f"{output}.manifest.json"
 
 
-def build_manifest(
-    *,
-    source,
-    gateway,
-    job,
-    operations,
-    rows_in,
-    output,
-    output_format,
-    timings,
-    neutralise_formulas=False,
-    cells_neutralised=0,
-):
+def build_manifest(*, source, source_sha256, gateway, job, operations, rows_in, dataset, output, timings):
     """Return the manifest of a completed job as a JSON-ready dict.
 
     Args:
-        source: the source as given (path or URL).
+        source: the source as given (path or URL), or None (``harvester fetch``).
+        source_sha256: SHA-256 (hex) of the source's bytes as read, or None.
         gateway: base URL of the gateway.
         job: the gateway's last answer for the job (status ``completed``).
         operations: the operations as submitted.
-        rows_in: records submitted.
-        output, output_format: where and how the records were written.
-        timings: ``started_at``, ``submitted_at``, ``finished_at`` (ISO 8601 UTC, when
-            the harvester started, had the job accepted, saw it end) and ``seconds``
-            (its wall time); the gateway's job timestamps are added here as ``job``.
-        neutralise_formulas: whether CSV formula neutralisation was applied (only
-            ever true for CSV output without ``--raw-csv``).
-        cells_neutralised: how many text cells it changed.
+        rows_in: records uploaded (None when the harvest did not upload them).
+        dataset: the :class:`~harvester.upload.Uploaded` dataset, or None (``harvester fetch``).
+        output: the :class:`~harvester.outputs.Output` written: path, format, rows,
+            bytes, SHA-256, and whether (and how many) CSV cells were neutralised.
+        timings: ``started_at``, ``uploaded_at``, ``submitted_at``, ``finished_at``, ``written_at``
+            (ISO 8601 UTC, as the harvester saw them) and ``seconds`` (its wall time);
+            the gateway's job timestamps are added here as ``job``.
 
     No token is ever part of a manifest.
     """
     data = job.get("data") or {}
     return {
         "harvester_version": __version__,
-        "source": str(source),
+        "source": str(source) if source is not None else None,
+        "source_sha256": source_sha256,
         "gateway": gateway,
+        "dataset": None
+        if dataset is None
+        else {
+            "dataset_id": dataset.dataset_id,
+            "parts": dataset.parts,
+            "rows": dataset.rows,
+            "bytes": dataset.bytes,
+        },
         "job_id": job.get("job_id"),
         "status": job.get("status"),
         "operations": operations,
         "rows_in": data.get("processed_items", rows_in),
-        "rows_out": data.get("output_items", len(data.get("data") or [])),
+        "rows_out": data.get("output_items", output.rows),
         "operation_stats": data.get("operations") or [],
+        "workers": data.get("workers") or [],
         "timings": {
             **timings,
             "job": {key: job.get(key) for key in ("created_at", "started_at", "finished_at")},
         },
         "output": {
-            "path": str(output),
-            "format": output_format,
-            "neutralise_formulas": neutralise_formulas,
-            "cells_neutralised": cells_neutralised,
+            "path": str(output.path),
+            "format": output.format,
+            "rows": output.rows,
+            "bytes": output.bytes,
+            "sha256": output.sha256,
+            "neutralise_formulas": output.neutralise_formulas,
+            "cells_neutralised": output.cells_neutralised,
         },
     }

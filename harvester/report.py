@@ -74,6 +74,10 @@ def _progress(progress):
     text = f"{progress.get('operations_done', '?')}/{progress.get('operations_total', '?')} operations"
     if progress.get("current_operation"):
         text += f", running {progress['current_operation']}"
+    if progress.get("chunks_total"):
+        text += f", {progress.get('chunks_done', 0)}/{progress['chunks_total']} chunks"
+    if progress.get("phase"):
+        text += f" ({progress['phase']})"
     return text
 
 

@@ -36,7 +36,7 @@ def main():
             print(f"demo: gateway at {gateway}, worker ready; logs in {out_dir / 'logs'}", flush=True)
             harvester = Path(sys.executable).parent / "harvester"
             command = [str(harvester), "run", str(ROOT / "samples" / "harvest.csv"), *OPERATIONS]
-            command += ["--output", str(output), "--gateway", gateway, "--poll-interval", "0.5"]
+            command += ["--output", str(output), "--force", "--gateway", gateway, "--poll-interval", "0.5"]
             print("demo: $ " + " ".join(command[:3]) + " ... --output " + str(output.relative_to(ROOT)), flush=True)
             code = subprocess.call(command)
     print(f"demo: stopped everything it started; output in {output.relative_to(ROOT)} (+ .manifest.json)")

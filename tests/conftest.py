@@ -38,6 +38,24 @@ def client(app):
 
 
 @pytest.fixture
+def complete_job(app):
+    """A function that ends a job ``completed`` with ``records`` as its result, as a worker would."""
+    from workers import frames
+    from workers.chunks import ChunkWriter
+
+    def complete(job_id, records, summary, inline=True):
+        store = app.extensions["jobstore"]
+        with ChunkWriter(store.data, "job", job_id, "a1-output", app.config["CHUNK_ROWS"], mixed_as_json=True) as out:
+            out.write(frames.records_to_table(records))
+            ref = out.close()
+        summary = {"columns": frames.describe_columns(frames.decode_schema(ref["schema"])), "workers": ["w1"],
+                   **summary}
+        return store.complete(job_id, ref, summary, records if inline else None)
+
+    return complete
+
+
+@pytest.fixture
 def queued(celery):
     """A function returning how many job messages wait in the broker."""
 

@@ -10,8 +10,10 @@ from celery.exceptions import ImproperlyConfigured
 
 from workers import logs
 
-#: The name the task is registered and sent under.
+#: The names the tasks are registered and sent under: a job, one chunk of a segment, the join after a segment.
 RUN_JOB = "datajobs.run_job"
+RUN_CHUNK = "datajobs.run_chunk"
+CONTINUE_JOB = "datajobs.continue_job"
 
 
 def make_app(**overrides):

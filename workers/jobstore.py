@@ -1,18 +1,27 @@
-"""The job store: job records, datasets and results in Redis, under one key scheme.
+"""The job store: job records in Redis, and the references to their data, under one key scheme.
 
 Celery's result backend says what state a task is in; it cannot say whether a
 job id was ever issued (it reports PENDING for any id). So the gateway writes a
 job record here *before* it enqueues, and ``GET /jobs/<id>`` answers 404 when
-there is none. Datasets and results live here too, so a broker message carries
-only the job id, whatever the size of the data.
+there is none. A job's data is a list of chunks in the data store
+(``datastore.py``), named in its record, so a broker message carries only the
+job id, whatever the size of the data.
 
-Keys (all built by :func:`key_for`, all expiring after the job TTL):
+Redis keys (all built by :func:`key_for` and :func:`dataset_key`, all expiring after the job TTL):
 
-- ``datajobs:job:<id>``         hash: the job record
-- ``datajobs:job:<id>:input``   the submitted dataset (JSON array), deleted once the job ends
-- ``datajobs:job:<id>:output``  the processed dataset (JSON array)
-- ``datajobs:job:<id>:lease``   who is running the job, while they renew it (seconds)
+- ``datajobs:job:<id>``         hash: the job record, with its ``input`` and ``output`` chunk lists
+- ``datajobs:job:<id>:lease``   who is running the job, while they renew it (seconds);
+  ``…:lease:<segment>:<chunk>`` likewise for one chunk of a segment that fans out
+- ``datajobs:job:<id>:segment:<n>``  hash: the results of segment n's chunks, as they finish
+- ``datajobs:job:<id>:workers`` set: the workers that took part
+- ``datajobs:dataset:<id>``     hash: a dataset's description, its parts and chunk list (``datasets.py``)
 - ``datajobs:idempotency:<digest>``  the job an ``Idempotency-Key`` created, for the TTL
+- ``datajobs:joins``            sorted set: segments whose chunks are all done, by when (:data:`FANOUT_INDEX`)
+- ``datajobs:lock:sweeper``     the lock of the worker sweeping overdue joins (:data:`SWEEPER_LOCK`)
+
+Chunk names in the data store (built by :func:`chunk_name`): ``datasets/<id>/p<part>-<n>.arrow``,
+``jobs/<id>/input-<n>.arrow`` (an inline dataset, deleted when the job ends) and
+``jobs/<id>/output-<n>.arrow``.
 
 A record ends exactly once: :meth:`JobStore.complete`, :meth:`JobStore.fail` and
 :meth:`JobStore.cancel` are compare-and-set (WATCH/MULTI), so a worker that
@@ -22,6 +31,7 @@ cannot overwrite the outcome that was stored first.
 
 import hashlib
 import json
+import time
 import uuid
 from datetime import datetime, timezone
 
@@ -30,6 +40,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from workers import settings
+from workers.datastore import RedisDataStore
 from workers.errors import job_error
 
 KEY_PREFIX = "datajobs"
@@ -39,6 +50,22 @@ def key_for(job_id, part=None):
     """Return the Redis key of ``job_id``'s record, or of one of its parts (``input``, ``output``)."""
     key = f"{KEY_PREFIX}:job:{job_id}"
     return f"{key}:{part}" if part else key
+
+
+def dataset_key(dataset_id):
+    """Return the Redis key of a dataset's record."""
+    return f"{KEY_PREFIX}:dataset:{dataset_id}"
+
+
+#: Sorted set of fanned-out segments whose every chunk is done, by when: what the sweeper looks at.
+FANOUT_INDEX = f"{KEY_PREFIX}:joins"
+#: Lock held by the one worker sweeping at a time.
+SWEEPER_LOCK = f"{KEY_PREFIX}:lock:sweeper"
+
+
+def chunk_name(kind, owner_id, section, index):
+    """The data-store name of chunk ``index`` of ``section`` (``input``, ``output``, ``p00001``...) of a job or dataset."""
+    return f"{kind}s/{owner_id}/{section}-{index:05d}.arrow"
 
 
 def idempotency_key(owner, key):
@@ -91,21 +118,24 @@ class JobStore:
 
     ``redis`` is a redis-py client (or fakeredis); ``ttl`` is in seconds and
     should equal Celery's ``result_expires`` so a record and its Celery result
-    live as long as each other.
+    live as long as each other; ``data`` is the :class:`~workers.datastore.DataStore`
+    holding the chunks (default: chunks in the same Redis).
     """
 
-    _JSON_FIELDS = ("operations", "error", "summary")
+    _JSON_FIELDS = ("operations", "error", "summary", "input", "output", "inline", "stage")
     _INT_FIELDS = ("operations_total", "rows_in", "attempts")
 
-    def __init__(self, redis_client, ttl):
+    def __init__(self, redis_client, ttl, data=None):
         self.redis = redis_client
         self.ttl = int(ttl)
+        self.data = data if data is not None else RedisDataStore(redis_client, ttl)
 
-    def create(self, job_id, operations, dataset_json, rows, owner=""):
-        """Record a new job and store its dataset, atomically. Returns the record.
+    def create(self, job_id, operations, input_ref, owner=""):
+        """Record a new job whose dataset is ``input_ref``. Returns the record.
 
         ``operations`` is the validated list of ``{"name", "params"}``;
-        ``dataset_json`` the dataset as JSON text; ``rows`` its length;
+        ``input_ref`` is ``{"dataset_id", "chunks": [{"name", "rows"}], "schema", "rows"}``
+        (``dataset_id`` None for an inline dataset, whose chunks the job owns);
         ``owner`` who may see it (a digest of its creator's token, or "").
         """
         record = {
@@ -114,18 +144,34 @@ class JobStore:
             "owner": owner,
             "operations": operations,
             "operations_total": len(operations),
-            "rows_in": rows,
+            "rows_in": input_ref["rows"],
+            "input": input_ref,
         }
+        if input_ref.get("dataset_id"):
+            record["dataset_id"] = input_ref["dataset_id"]
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key_for(job_id), mapping=self._encode(record))
             pipe.expire(key_for(job_id), self.ttl)
-            pipe.set(key_for(job_id, "input"), dataset_json, ex=self.ttl)
             pipe.execute()
         return record
 
     def delete(self, job_id):
-        """Remove every key of ``job_id`` (used when a job could not be enqueued)."""
-        self.redis.delete(*(key_for(job_id, part) for part in (None, "input", "output", "lease")))
+        """Remove ``job_id``'s record and the chunks it owns (used when a job could not be enqueued)."""
+        record = self.get(job_id)
+        self.redis.delete(key_for(job_id), key_for(job_id, "lease"))
+        if record:
+            self.data.delete(self.owned_chunks(record))
+
+    @staticmethod
+    def owned_chunks(record, parts=("input", "output")):
+        """Names of the chunks the job owns: an inline input (not a dataset's) and its output."""
+        names = []
+        for part in parts:
+            ref = record.get(part) or {}
+            if part == "input" and ref.get("dataset_id"):
+                continue
+            names += [chunk["name"] for chunk in ref.get("chunks", ())]
+        return names
 
     def get(self, job_id):
         """Return the record of ``job_id`` as a dict, or None when there is none (unknown or expired)."""
@@ -141,13 +187,14 @@ class JobStore:
                 record[name] = int(record[name])
         return record
 
-    def load_input(self, job_id):
-        """The submitted dataset as JSON bytes, or None when it has expired or the job has ended."""
-        return self.redis.get(key_for(job_id, "input"))
-
-    def load_output(self, job_id):
-        """The processed dataset as JSON bytes, or None."""
-        return self.redis.get(key_for(job_id, "output"))
+    def drop_output(self, job_id):
+        """Free a completed job's result (its chunks); the record remembers when. False if there was none."""
+        record = self.get(job_id)
+        if not record or not record.get("output") or record.get("result_deleted_at"):
+            return False
+        self.redis.hset(key_for(job_id), mapping={"result_deleted_at": utcnow(), "inline": "null"})
+        self.data.delete(self.owned_chunks(record, ("output",)))
+        return True
 
     def mark_started(self, job_id):
         """Count an attempt at ``job_id`` and set ``started_at`` on the first one. Returns the attempt number."""
@@ -165,9 +212,18 @@ class JobStore:
             exists, finished = pipe.execute()
         return not exists or bool(finished)
 
-    def complete(self, job_id, output_json, summary):
-        """Store the processed dataset and its ``summary``; end the job ``completed``. False if it had ended."""
-        return self._finish(job_id, "completed", {"summary": summary}, output_json)
+    def complete(self, job_id, output_ref, summary, inline=None):
+        """End the job ``completed``: ``output_ref`` names its result's chunks, ``inline`` its records if small.
+
+        False if the job had ended already (the caller then drops its chunks).
+        """
+        extra = {"summary": summary, "output": output_ref}
+        if inline is not None:
+            extra["inline"] = inline
+        done = self._finish(job_id, "completed", extra)
+        if done:
+            self.data.touch([chunk["name"] for chunk in output_ref["chunks"]], self.ttl)
+        return done
 
     def fail(self, job_id, error):
         """End the job ``failed`` with ``error`` (``{"type", "message", "operation_index"}``). False if it had ended."""
@@ -178,32 +234,39 @@ class JobStore:
         error = job_error("cancelled", "The job was cancelled by request.")
         return self._finish(job_id, "cancelled", {"error": error})
 
-    def _finish(self, job_id, outcome, extra, output_json=None):
+    def _finish(self, job_id, outcome, extra):
         # Compare-and-set: only the first outcome sticks. The TTL restarts when a
         # job ends, so a result is kept for a full TTL however long the job queued.
         key = key_for(job_id)
         fields = {"finished_at": utcnow(), "outcome": outcome, **extra}
+        inputs = []
 
         def finish(pipe):
             if not pipe.exists(key) or pipe.hexists(key, "finished_at"):
                 return False
+            raw = pipe.hget(key, "input")
+            inputs[:] = self.owned_chunks({"input": json.loads(raw)} if raw else {}, ("input",))
             pipe.multi()
             pipe.hset(key, mapping=self._encode(fields))
             pipe.expire(key, self.ttl)
-            if output_json is not None:
-                pipe.set(key_for(job_id, "output"), output_json, ex=self.ttl)
-            pipe.delete(key_for(job_id, "input"))
             return True
 
-        return self.redis.transaction(finish, key, value_from_callable=True)
+        done = self.redis.transaction(finish, key, value_from_callable=True)
+        if done and inputs:
+            # An inline dataset is the job's own: nothing else can use it once the job has ended.
+            self.data.delete(inputs)
+        return done
 
-    def take_lease(self, job_id, holder, seconds):
-        """Mark ``job_id`` as run by ``holder`` for ``seconds``. False while another holder's lease lives."""
-        return bool(self.redis.set(key_for(job_id, "lease"), holder, nx=True, px=int(seconds * 1000)))
+    def take_lease(self, job_id, holder, seconds, lease="lease"):
+        """Mark ``job_id`` (or one of its chunks: ``lease`` names which) as run by ``holder`` for ``seconds``.
 
-    def renew_lease(self, job_id, holder, seconds):
+        False while another holder's lease lives.
+        """
+        return bool(self.redis.set(key_for(job_id, lease), holder, nx=True, px=int(seconds * 1000)))
+
+    def renew_lease(self, job_id, holder, seconds, lease="lease"):
         """Extend ``holder``'s lease on ``job_id``. False if it is no longer theirs."""
-        key = key_for(job_id, "lease")
+        key = key_for(job_id, lease)
 
         def renew(pipe):
             if pipe.get(key) != holder.encode():
@@ -214,13 +277,13 @@ class JobStore:
 
         return self.redis.transaction(renew, key, value_from_callable=True)
 
-    def lease_left(self, job_id):
+    def lease_left(self, job_id, lease="lease"):
         """Seconds left on ``job_id``'s lease (0 when there is none)."""
-        return max(self.redis.pttl(key_for(job_id, "lease")), 0) / 1000
+        return max(self.redis.pttl(key_for(job_id, lease)), 0) / 1000
 
-    def drop_lease(self, job_id, holder):
+    def drop_lease(self, job_id, holder, lease="lease"):
         """Give up ``holder``'s lease on ``job_id``, if it is still theirs."""
-        key = key_for(job_id, "lease")
+        key = key_for(job_id, lease)
 
         def drop(pipe):
             if pipe.get(key) == holder.encode():
@@ -228,6 +291,55 @@ class JobStore:
                 pipe.delete(key)
 
         self.redis.transaction(drop, key)
+
+    # --- fan-out: a segment's chunks run as tasks of their own --------------------------
+
+    def begin_fanout(self, job_id, segment, ref, stats):
+        """Record that segment ``segment`` runs over the chunks of ``ref``, one task each (``stats`` so far)."""
+        stage = {"segment": segment, "input": ref, "stats": stats}
+        self.redis.hset(key_for(job_id), "stage", json.dumps(stage))
+
+    def count_chunk_attempt(self, job_id, segment, index):
+        """Count a start of chunk ``index`` of ``segment``; return how many there have been."""
+        return self.redis.hincrby(key_for(job_id), f"attempts:{segment}:{index}", 1)
+
+    def chunk_done(self, job_id, segment, index, result):
+        """Record chunk ``index``'s ``result`` once (a rerun's is dropped); return ``(recorded, chunks done)``."""
+        key = key_for(job_id, f"segment:{segment}")
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, str(index), json.dumps(result))
+            pipe.expire(key, self.ttl)
+            pipe.hlen(key)
+            recorded, _, done = pipe.execute()
+        return bool(recorded), done
+
+    def chunk_results(self, job_id, segment):
+        """``{index: result}`` of the chunks of ``segment`` done so far."""
+        raw = self.redis.hgetall(key_for(job_id, f"segment:{segment}"))
+        return {int(k): json.loads(v) for k, v in raw.items()}
+
+    def mark_joinable(self, job_id, segment):
+        """Note that every chunk of ``segment`` is done and its join is due (the sweeper's index)."""
+        self.redis.zadd(FANOUT_INDEX, {f"{job_id}:{segment}": time.time()})
+
+    def joined(self, job_id, segment):
+        """The join of ``segment`` has begun: the sweeper need not send it again."""
+        self.redis.zrem(FANOUT_INDEX, f"{job_id}:{segment}")
+
+    def overdue_joins(self, seconds):
+        """``[(job_id, segment)]`` whose join has been due for more than ``seconds`` (its message lost?)."""
+        due = self.redis.zrangebyscore(FANOUT_INDEX, 0, time.time() - seconds)
+        return [(member.decode().rsplit(":", 1)[0], int(member.decode().rsplit(":", 1)[1])) for member in due]
+
+    def add_worker(self, job_id, worker):
+        """Remember that ``worker`` (a Celery hostname) worked on the job."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sadd(key_for(job_id, "workers"), worker)
+            pipe.expire(key_for(job_id, "workers"), self.ttl)
+            pipe.execute()
+
+    def workers(self, job_id):
+        return sorted(w.decode() for w in self.redis.smembers(key_for(job_id, "workers")))
 
     def claim_idempotency_key(self, owner, key, digest, job_id):
         """Remember that ``owner``'s ``key`` (for a body with ``digest``) creates ``job_id``.

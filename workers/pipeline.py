@@ -86,15 +86,48 @@ def parse_steps(operations, registry=REGISTRY):
     return steps
 
 
-def check_columns(steps, columns):
-    """Dry-run ``steps`` on an empty frame with ``columns`` to find bad column names early.
+@dataclass(frozen=True)
+class Segment:
+    """A run of steps that executes as one unit: row-local ones on every chunk apart, or one global step."""
 
+    steps: tuple
+    row_local: bool
+
+    @property
+    def first(self):
+        return self.steps[0].index if self.steps else 0
+
+
+def segments(steps):
+    """Split ``steps`` into :class:`Segment` objects: each run of row-local steps, and each global step alone.
+
+    A pipeline with no steps is one empty row-local segment (the data passes through).
+    """
+    out, run = [], []
+    for step in steps:
+        if step.operation.row_local:
+            run.append(step)
+            continue
+        if run:
+            out.append(Segment(tuple(run), True))
+            run = []
+        out.append(Segment((step,), False))
+    if run or not out:
+        out.append(Segment(tuple(run), True))
+    return out
+
+
+def check_columns(steps, schema):
+    """Dry-run ``steps`` on an empty frame with the dataset's columns and types to find errors early.
+
+    ``schema`` is the dataset's Arrow schema (or a list of column names, untyped).
     Every operation runs on the zero-row frame exactly as it will on the data,
     so a step that names a column that will not exist at that step (given the
-    steps before it) raises :class:`ColumnNotFound` here, before anything is
-    stored. Only parameter errors count: anything else is left for the worker.
+    steps before it), or compares a number column with text, raises a
+    :class:`ParameterError` here, before anything is stored. Only parameter
+    errors count: anything else is left for the worker.
     """
-    df = frames.empty_frame(columns)
+    df = frames.empty_frame(schema)
     for step in steps:
         try:
             df = step.operation(df, **step.params)
@@ -134,6 +167,6 @@ def run(df, steps, on_progress=None, interrupts=()):
         stats.append(
             {"name": step.name, "rows_in": rows_in, "rows_out": len(df), "seconds": round(time.perf_counter() - started, 6)}
         )
-    if on_progress:
-        on_progress(len(steps), None)
+    if on_progress and steps:
+        on_progress(steps[-1].index + 1, None)
     return df, stats

@@ -36,6 +36,16 @@ SETTINGS = {
         Setting("MAX_OPERATIONS", 100, "Most operations in one job (400 above it).", int),
         Setting("MAX_STRING_LENGTH", 1024 * 1024, "Longest string, key or value, anywhere in a job, in characters.", int),
         Setting("MAX_JSON_DEPTH", 32, "Deepest nesting of arrays and objects in a request body.", int),
+        # Datasets: uploaded files, stored in chunks by reference.
+        Setting("MAX_DATASET_BYTES", 8 * 1024**3, "Largest dataset, all its parts' bodies together, in bytes "
+                "(400 above it).", int),
+        Setting("MAX_DATASET_ROWS", 100_000_000, "Most rows in one dataset (400 above it).", int),
+        Setting("CHUNK_ROWS", 250_000, "Most rows in one stored chunk of a dataset or result: the unit of work a "
+                "worker process takes.", int),
+        Setting("DATA_STORE_URL", "redis", "Where chunks are stored: `redis` (the job store's Redis), "
+                "`file:///shared/path` (a directory every worker host mounts) or `s3://bucket/prefix`."),
+        Setting("INLINE_RESULT_ROWS", 1000, "Most result rows `GET /jobs/<id>` returns inline in `data.data`; "
+                "larger results are fetched from `GET /jobs/<id>/result`.", int),
         # Who may see what.
         Setting("API_TOKENS", (), "Comma-separated bearer tokens; when set, every endpoint but `/health` needs one, "
                 "and a job is visible only with the token that created it.", names),
@@ -54,6 +64,10 @@ SETTINGS = {
                 "(gateway and workers must agree).", names),
         Setting("LOG_FORMAT", "text", "`text`, or `json` for one JSON object per line (gateway and workers)."),
         Setting("HEALTH_PING_TIMEOUT", 1.0, "Seconds `GET /health` waits for workers to answer a ping.", float),
+        Setting("SWEEP_SECONDS", 5.0, "Seconds between two sweeps of the workers' sweeper, which sends again a join "
+                "overdue by twice as long and removes the chunks of expired jobs from a directory store.", float),
+        Setting("TEST_LOSE_JOINS", False, "Tests only: a worker does not send the join after a fanned-out segment, "
+                "as if its message were lost, so the sweeper must.", lambda text: text.lower() in ("1", "true", "yes")),
         # The harvester.
         Setting("GATEWAY_URL", "http://127.0.0.1:5000", "Gateway the harvester talks to (`--gateway` overrides)."),
         Setting("GATEWAY_TOKEN", None, "Bearer token the harvester sends (`--token` overrides)."),

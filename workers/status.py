@@ -8,6 +8,14 @@ from celery import states
 PROGRESS = "PROGRESS"
 
 
+class Phase(str, enum.Enum):
+    """What a processing job is doing (``progress.phase``): reading its input, running steps, storing its result."""
+
+    LOADING = "loading"
+    RUNNING = "running"
+    SAVING = "saving"
+
+
 class JobStatus(str, enum.Enum):
     """What ``GET /jobs/<id>`` reports. Ordered: a job never moves to a lower rank."""
 

@@ -1,19 +1,35 @@
-"""The Celery task: load a job by reference, fold its pipeline, store the result.
+"""The Celery tasks: run a job's pipeline over its chunks, by reference, on any worker.
 
-The task body is thin, like a view: every pandas line lives in ``operations/``,
-every Redis key in ``jobstore.py``. What it adds is the fault handling:
+A job's steps run as segments (``pipeline.segments``): each run of row-local
+steps, and each global step alone. :func:`run_job` takes the job and runs its
+segments in order. A row-local segment over a dataset of several chunks fans
+out: one :func:`run_chunk` task per chunk, a Celery group that any worker
+process may take, and the task finishing the last chunk sends
+:func:`continue_job`, which joins the chunks' results and goes on with the next
+segment (or completes the job). Every message carries ids only.
 
-- every start is counted in the job record; a job started ``JOB_MAX_ATTEMPTS``
-  times before (each time its worker process died) ends ``failed``
-  (``worker_lost``) instead of taking down worker after worker;
+The job record, not Celery, tracks which chunks are done (``JobStore.chunk_done``):
+a chord's counter in the result backend can miss a part when Redis times out
+(celery/celery#3363) and leave the callback unsent. Here each chunk's result is
+recorded once, whoever finishes the last one sends the continuation, and a
+continuation sent twice runs once (it runs only while the record still says its
+segment is the current one, under the job's lease).
+
+Task bodies are thin, like views: every pandas line lives in ``operations/``,
+every Redis key in ``jobstore.py``. What they add is the fault handling:
+
+- every start is counted in the job record (a chunk's starts too); a job or a
+  chunk started ``JOB_MAX_ATTEMPTS`` times before (each time its worker process
+  died) ends the job ``failed`` (``worker_lost``) instead of taking down worker
+  after worker;
 - the soft time limit ends a job ``failed`` (``time_limit``); when the hard limit
   kills a process stuck in C code, :meth:`JobTask.on_failure` records the same
   from the worker's main process;
-- a cancelled job stops at the next operation, and its process is killed when
-  one step runs on past ``CANCEL_GRACE_SECONDS``;
-- a job runs in one place at a time: a lease in Redis, renewed while it runs,
-  sends a second delivery of a running job (kombu gives a message back when a
-  broker connection drops, though its job is still running) to wait and retry;
+- a cancelled job stops at the next operation, in every chunk, and a process is
+  killed when one step runs on past ``CANCEL_GRACE_SECONDS``;
+- a job (and each chunk) runs in one place at a time: a lease in Redis, renewed
+  while it runs, sends a second delivery (kombu gives a message back when a
+  broker connection drops, though its task is still running) to wait and retry;
 - a job ends once: whatever ended it first (worker, cancel) is what is kept.
 """
 
@@ -27,13 +43,14 @@ import threading
 import time
 import uuid
 
+from celery import group, signals
 from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 
-from workers import frames, operations, pipeline, settings
-from workers.celery import RUN_JOB, app
+from workers import chunks, datastore, frames, operations, pipeline, runner, settings
+from workers.celery import CONTINUE_JOB, RUN_CHUNK, RUN_JOB, app
 from workers.errors import JobFailed, StepFailed, hard_time_limit_error, job_error
-from workers.jobstore import JobStore, connect
-from workers.status import PROGRESS
+from workers.jobstore import SWEEPER_LOCK, JobStore, connect, dataset_key, key_for
+from workers.status import PROGRESS, Phase
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +64,17 @@ LEASE_SECONDS = 5
 
 @functools.cache
 def job_store():
-    """This worker process's job store (one Redis connection pool per process)."""
-    return JobStore(connect(patient=True), settings.get("JOB_TTL_SECONDS"))
+    """This worker process's job store (one Redis connection pool per process) and data store."""
+    client, ttl = connect(patient=True), settings.get("JOB_TTL_SECONDS")
+    return JobStore(client, ttl, datastore.open_store(settings.get("DATA_STORE_URL"), client, ttl))
 
 
 class JobCancelled(Exception):
     """Raised between operations when the job has been cancelled."""
+
+
+#: What stops a step without making it a failed step: the time limit, a cancel.
+INTERRUPTS = (SoftTimeLimitExceeded, JobCancelled)
 
 
 class JobTask(app.Task):
@@ -60,14 +82,234 @@ class JobTask(app.Task):
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         # Celery calls this in the worker's main process when the hard time limit
-        # has killed the process running the job: nobody else is left to say so.
-        if isinstance(exc, TimeLimitExceeded):
-            job_store().fail(task_id, hard_time_limit_error(settings.get("JOB_HARD_TIME_LIMIT")))
+        # has killed the process running the task: nobody else is left to say so.
+        if isinstance(exc, TimeLimitExceeded) and args:
+            job_store().fail(args[0], hard_time_limit_error(settings.get("JOB_HARD_TIME_LIMIT")))
+
+
+# --- the tasks -------------------------------------------------------------------------
 
 
 @app.task(bind=True, base=JobTask, name=RUN_JOB, throws=(JobFailed,))
 def run_job(self, job_id):
-    """Run job ``job_id``: its record and dataset are in the job store; return its summary."""
+    """Run job ``job_id`` from its first segment: its record and dataset are in the job store."""
+    store, record = _open(job_id)
+    with _leased(self, store, job_id, "lease") as holder:
+        max_attempts = settings.get("JOB_MAX_ATTEMPTS")
+        if record.get("attempts", 0) >= max_attempts:
+            message = (
+                f"The worker process running this job died {record['attempts']} times "
+                f"(the limit is {max_attempts}); the job was stopped so it cannot take down more workers."
+            )
+            _fail(store, job_id, job_error("worker_lost", message))
+        attempt = store.mark_started(job_id)
+        log.info("job %s: attempt %d, %d operations", job_id, attempt, record["operations_total"])
+        return _advance(self, store, job_id, record, holder, 0, record["input"], {})
+
+
+@app.task(bind=True, base=JobTask, name=RUN_CHUNK, throws=(JobFailed,))
+def run_chunk(self, job_id, segment, index):
+    """Run the steps of ``segment`` over chunk ``index`` of its input; the last chunk done sends the continuation."""
+    store, record = _open(job_id)
+    stage = record.get("stage") or {}
+    if stage.get("segment") != segment:
+        log.info("job %s: segment %d is over; chunk %d has nothing to do", job_id, segment, index)
+        raise Ignore()
+    with _leased(self, store, job_id, f"lease:{segment}:{index}") as holder:
+        _check_attempts(store, job_id, store.count_chunk_attempt(job_id, segment, index), f"chunk {index}")
+        steps = pipeline.parse_steps(record["operations"])
+        plan = pipeline.segments(steps)[segment]
+        ref = stage["input"]
+        store.add_worker(job_id, self.request.hostname or "unknown")
+        with _watch(store, job_id, holder, f"lease:{segment}:{index}") as cancelled, _job_errors(store, job_id):
+            progress = Progress(self, job_id, len(steps), cancelled)
+            result = runner.run_chunk(
+                store.data, job_id, plan, ref, index, settings.get("CHUNK_ROWS"),
+                on_progress=_cancel_check(progress), interrupts=INTERRUPTS,
+            )
+            recorded, done = store.chunk_done(job_id, segment, index, result)
+            if not recorded:  # a rerun of a chunk whose first run was recorded: keep that one
+                store.data.delete(chunk["name"] for chunk in result["ref"]["chunks"])
+            total = len(ref["chunks"])
+            progress.update(chunks_done=done, chunks_total=total)
+        if done >= total:
+            # Noted before it is sent: should the message be lost, the sweeper sends it again.
+            store.mark_joinable(job_id, segment)
+            if not settings.get("TEST_LOSE_JOINS"):
+                continue_job.apply_async((job_id, segment), retry=True)
+    return {"segment": segment, "chunk": index}
+
+
+@app.task(bind=True, base=JobTask, name=CONTINUE_JOB, throws=(JobFailed,))
+def continue_job(self, job_id, segment):
+    """Join the chunks of a fanned-out ``segment`` and go on with the job from the next segment."""
+    store, record = _open(job_id)
+    with _leased(self, store, job_id, "lease") as holder:
+        record = store.get(job_id) or record
+        stage = record.get("stage") or {}
+        if "finished_at" in record or stage.get("segment") != segment:
+            log.info("job %s: segment %d was joined already", job_id, segment)
+            raise Ignore()
+        store.joined(job_id, segment)
+        _check_attempts(store, job_id, store.count_chunk_attempt(job_id, segment, "join"), "the join")
+        results = store.chunk_results(job_id, segment)
+        ref = stage["input"]
+        if len(results) < len(ref["chunks"]):  # a duplicate sent before every chunk was recorded
+            raise Ignore()
+        joined = chunks.join([results[i]["ref"] for i in range(len(ref["chunks"]))])
+        stats = {int(k): v for k, v in stage["stats"].items()}
+        for result in results.values():
+            runner.add_stats(stats, {int(k): v for k, v in result["stats"].items()})
+        if ref != record["input"]:  # an earlier segment's output, consumed now
+            store.data.delete(chunk["name"] for chunk in ref["chunks"])
+        return _advance(self, store, job_id, record, holder, segment + 1, joined, stats)
+
+
+# --- the sweeper: a join whose message was lost is sent again ----------------------------
+
+#: Seconds between two sweeps, and how long a join may be due before the sweeper sends it again.
+SWEEP_SECONDS = settings.get("SWEEP_SECONDS")
+JOIN_OVERDUE_SECONDS = 2 * SWEEP_SECONDS
+
+
+def sweep(store, send):
+    """Send again every join overdue by :data:`JOIN_OVERDUE_SECONDS`; return how many were sent.
+
+    A join sent twice runs once (:func:`continue_job` checks the record), so a
+    join that was merely slow to start costs a message, never a second run.
+    """
+    sent = 0
+    for job_id, segment in store.overdue_joins(JOIN_OVERDUE_SECONDS):
+        record = store.get(job_id)
+        if record is None or "finished_at" in record or (record.get("stage") or {}).get("segment") != segment:
+            store.joined(job_id, segment)  # ended, expired or joined: nothing to send
+            continue
+        log.warning("job %s: the join of segment %d is overdue; sending it again", job_id, segment)
+        store.mark_joinable(job_id, segment)  # due again from now, should this one be lost too
+        send(job_id, segment)
+        sent += 1
+    return sent
+
+
+#: Seconds a directory's chunks may outlive their job's or dataset's record before the sweeper removes them.
+ORPHAN_CHUNK_SECONDS = 60
+
+
+def sweep_chunks(store):
+    """Remove the chunks of expired jobs and datasets from a store that cannot expire them (a directory).
+
+    Returns how many jobs and datasets were swept. Only owners whose record is
+    gone and whose directory is older than :data:`ORPHAN_CHUNK_SECONDS` go, so
+    an upload being written (chunks first, record last) is never swept.
+    """
+    swept = 0
+    for kind, owner_id, age in store.data.owners():
+        if age < ORPHAN_CHUNK_SECONDS:
+            continue
+        key = key_for(owner_id) if kind == "job" else dataset_key(owner_id)
+        if not store.redis.exists(key):
+            store.data.drop_owner(kind, owner_id)
+            swept += 1
+    return swept
+
+
+@signals.worker_ready.connect
+def _start_sweeper(sender=None, **kwargs):
+    # In the worker's main process: one thread, and one worker sweeping at a time (a Redis lock).
+    def loop():
+        store = job_store()
+        lock = store.redis.lock(SWEEPER_LOCK, timeout=max(SWEEP_SECONDS * 3, 5), blocking=False)
+        rounds = 0
+        while True:
+            time.sleep(SWEEP_SECONDS)
+            try:
+                if lock.acquire(blocking=False):
+                    try:
+                        sweep(store, lambda job_id, segment: continue_job.apply_async((job_id, segment)))
+                        rounds += 1
+                        if rounds % max(1, int(ORPHAN_CHUNK_SECONDS // SWEEP_SECONDS)) == 0:
+                            sweep_chunks(store)
+                    finally:
+                        lock.release()
+            except Exception:  # noqa: BLE001 - Redis blips: sweep again next time
+                log.debug("sweep failed", exc_info=True)
+
+    threading.Thread(target=loop, name="datajobs-sweeper", daemon=True).start()
+
+
+# --- the job, segment by segment ------------------------------------------------------
+
+
+def _advance(task, store, job_id, record, holder, start, ref, stats):
+    """Run the segments of the job from ``start`` over ``ref``; fan out, or complete the job at the end."""
+    steps = pipeline.parse_steps(record["operations"])
+    plan = pipeline.segments(steps)
+    stats = stats or {}
+    for step in steps:
+        stats.setdefault(step.index, runner.new_stats([step])[step.index])
+    store.add_worker(job_id, task.request.hostname or "unknown")
+    with _watch(store, job_id, holder) as cancelled, _job_errors(store, job_id):
+        progress = Progress(task, job_id, len(steps), cancelled)
+        for number in range(start, len(plan)):
+            segment = plan[number]
+            if runner.fans_out(segment, ref):
+                store.begin_fanout(job_id, number, ref, stats)
+                progress.update(
+                    phase=Phase.RUNNING.value, operations_done=segment.first, current_operation=segment.steps[0].name,
+                    chunks_done=0, chunks_total=len(ref["chunks"]),
+                )
+                group(run_chunk.si(job_id, number, i) for i in range(len(ref["chunks"]))).apply_async()
+                log.info("job %s: segment %d fans out over %d chunks", job_id, number, len(ref["chunks"]))
+                raise Ignore()  # no state stored: the job goes on in its chunks' tasks
+            result = _run_segment(store, job_id, record, number, segment, ref, stats, progress)
+            if ref != record["input"]:  # an earlier segment's output, consumed now
+                store.data.delete(chunk["name"] for chunk in ref["chunks"])
+            ref = result
+        progress.update(phase=Phase.SAVING.value, operations_done=len(steps), current_operation=None)
+    return _complete(task, store, job_id, record, steps, ref, stats)
+
+
+def _run_segment(store, job_id, record, number, segment, ref, stats, progress):
+    """Run one segment in this process: a global step over all the rows, or row-local steps over one chunk."""
+    total = len(ref["chunks"]) if segment.row_local else 1
+    name = segment.steps[0].name if segment.steps else None
+    progress.update(phase=Phase.LOADING.value, operations_done=segment.first, current_operation=name,
+                    chunks_done=0, chunks_total=total)
+    result = runner.run_whole(
+        store.data, job_id, segment, ref, settings.get("CHUNK_ROWS"), stats,
+        on_progress=_step_reporter(progress), interrupts=INTERRUPTS,
+    )
+    progress.update(chunks_done=total)
+    return result
+
+
+def _complete(task, store, job_id, record, steps, output, stats):
+    summary = {
+        "processed_items": record["rows_in"],
+        "output_items": output["rows"],
+        "operations_applied": len(steps),
+        "operations": [_rounded(stats[step.index]) for step in steps],
+        "columns": frames.describe_columns(chunks.schema_of(output)),
+        "workers": store.workers(job_id),
+    }
+    inline = None
+    if output["rows"] <= settings.get("INLINE_RESULT_ROWS"):
+        inline = json.loads(frames.table_to_json(chunks.read_all(store.data, output)))
+    if not store.complete(job_id, output, summary, inline):
+        log.info("job %s: ended (cancelled) while running; its result is dropped", job_id)
+        store.data.delete(chunk["name"] for chunk in output["chunks"])
+        raise Ignore()
+    if task.request.id != job_id:  # finished in a continuation: the job's own Celery state says so too
+        task.backend.store_result(job_id, summary, "SUCCESS")
+    log.info("job %s: completed, %d rows out", job_id, output["rows"])
+    return summary
+
+
+# --- pieces ------------------------------------------------------------------------------
+
+
+def _open(job_id):
+    """The job store and the record of a job that has not ended; Ignore (ack, store nothing) otherwise."""
     store = job_store()
     record = store.get(job_id)
     if record is None or "finished_at" in record:
@@ -75,67 +317,98 @@ def run_job(self, job_id):
         # leave its outcome alone (Ignore stores no state and acks the message).
         log.info("job %s: %s; nothing to do", job_id, "ended already" if record else "no record (expired)")
         raise Ignore()
-    holder = f"{self.request.hostname}:{os.getpid()}:{uuid.uuid4()}"
-    if not store.take_lease(job_id, holder, LEASE_SECONDS):
+    return store, record
+
+
+@contextlib.contextmanager
+def _leased(task, store, job_id, lease):
+    """Hold ``lease`` of the job while the body runs; retry the task later while someone else holds it."""
+    holder = f"{task.request.hostname}:{os.getpid()}:{uuid.uuid4()}"
+    if not store.take_lease(job_id, holder, LEASE_SECONDS, lease):
         # Running elsewhere (a message given back on a dropped connection), or its
         # process just died and the lease has yet to run out: look again after it.
-        wait = store.lease_left(job_id) + 1
-        log.info("job %s: running elsewhere; looking again in %.1f s", job_id, wait)
-        raise self.retry(countdown=wait, max_retries=None)
+        wait = store.lease_left(job_id, lease) + 1
+        log.info("job %s: %s held elsewhere; looking again in %.1f s", job_id, lease, wait)
+        raise task.retry(countdown=wait, max_retries=None)
     try:
-        return _run(self, store, job_id, record, holder)
+        yield holder
     finally:
-        store.drop_lease(job_id, holder)
+        store.drop_lease(job_id, holder, lease)
 
 
-def _run(task, store, job_id, record, holder):
-    """The body of :func:`run_job`, once this delivery holds the job's lease."""
+def _check_attempts(store, job_id, attempts, what):
     max_attempts = settings.get("JOB_MAX_ATTEMPTS")
-    if record.get("attempts", 0) >= max_attempts:
+    if attempts > max_attempts:
         message = (
-            f"The worker process running this job died {record['attempts']} times "
+            f"The worker process running {what} of this job died {attempts - 1} times "
             f"(the limit is {max_attempts}); the job was stopped so it cannot take down more workers."
         )
         _fail(store, job_id, job_error("worker_lost", message))
-    dataset = store.load_input(job_id)
-    if dataset is None:
-        message = "The job's dataset expired before a worker could run it."
-        _fail(store, job_id, job_error("expired", message))
-    attempt = store.mark_started(job_id)
-    log.info("job %s: attempt %d, %d operations", job_id, attempt, record["operations_total"])
 
-    steps = pipeline.parse_steps(record["operations"])
-    with _watch(store, job_id, holder) as cancelled:
 
-        def report(done, current):
-            if cancelled.is_set():
-                raise JobCancelled()
-            meta = {"operations_done": done, "operations_total": len(steps), "current_operation": current}
-            task.update_state(state=PROGRESS, meta=meta)
+@contextlib.contextmanager
+def _job_errors(store, job_id):
+    """Turn what stops a task's work into the job's outcome: cancelled, expired data, time limit, a failed step."""
+    try:
+        yield
+    except JobCancelled:
+        log.info("job %s: cancelled; stopped between operations", job_id)
+        raise Ignore() from None
+    except chunks.ChunkMissing:
+        _fail(store, job_id, job_error("expired", "The job's dataset expired or was deleted before a worker "
+                                                  "could run it."))
+    except SoftTimeLimitExceeded:
+        limit = settings.get("JOB_SOFT_TIME_LIMIT")
+        _fail(store, job_id, job_error("time_limit", f"The job ran past the time limit of {limit:g} s."))
+    except StepFailed as exc:
+        log.warning("job %s: %s", job_id, exc.message, exc_info=exc.__cause__)
+        _fail(store, job_id, exc.to_json())
+    except (datastore.StorageFull, *datastore.FULL_ERRORS):
+        _fail(store, job_id, job_error("storage_full", "The data store had no room for the job's output; "
+                                                       "nothing of it was kept."))
 
-        try:
-            df = frames.records_to_frame(json.loads(dataset))
-            out, stats = pipeline.run(df, steps, on_progress=report, interrupts=(SoftTimeLimitExceeded,))
-            output = frames.frame_to_json(out)
-        except JobCancelled:
-            log.info("job %s: cancelled; stopped between operations", job_id)
-            raise Ignore() from None
-        except SoftTimeLimitExceeded:
-            limit = settings.get("JOB_SOFT_TIME_LIMIT")
-            _fail(store, job_id, job_error("time_limit", f"The job ran past the time limit of {limit:g} s."))
-        except StepFailed as exc:
-            log.warning("job %s: %s", job_id, exc.message, exc_info=exc.__cause__)
-            _fail(store, job_id, exc.to_json())
-    summary = {
-        "processed_items": len(df),
-        "output_items": len(out),
-        "operations_applied": len(steps),
-        "operations": stats,
-    }
-    if not store.complete(job_id, output, summary):
-        log.info("job %s: ended (cancelled) while running; its result is dropped", job_id)
-        raise Ignore()
-    return summary
+
+class Progress:
+    """What the tasks tell Celery about job ``job_id`` as they go (``GET /jobs/<id>`` reads it).
+
+    Raises :class:`JobCancelled` on a cancel, so every report is also a cancel check.
+    """
+
+    def __init__(self, task, job_id, total, cancelled):
+        self.task, self.job_id, self.total, self.cancelled = task, job_id, total, cancelled
+        self.meta = {
+            "operations_done": 0,
+            "operations_total": total,
+            "current_operation": None,
+            "phase": Phase.LOADING.value,
+            "chunks_done": 0,
+            "chunks_total": 0,
+        }
+
+    def update(self, **changes):
+        if self.cancelled.is_set():
+            raise JobCancelled()
+        self.meta.update(changes)
+        self.task.update_state(task_id=self.job_id, state=PROGRESS, meta=dict(self.meta))
+
+
+def _rounded(entry):
+    return {**entry, "seconds": round(entry["seconds"], 6)}
+
+
+def _step_reporter(progress):
+    def report(done, current):
+        progress.update(operations_done=done, current_operation=current)
+
+    return report
+
+
+def _cancel_check(progress):
+    def check(done, current):
+        if progress.cancelled.is_set():
+            raise JobCancelled()
+
+    return check
 
 
 def _fail(store, job_id, error):
@@ -146,7 +419,7 @@ def _fail(store, job_id, error):
 
 
 @contextlib.contextmanager
-def _watch(store, job_id, holder):
+def _watch(store, job_id, holder, lease="lease"):
     """While the body runs, renew its lease and watch for a cancel; yield an Event set on a cancel.
 
     A cancelled job stops at the next operation (the body checks the event). A
@@ -163,7 +436,7 @@ def _watch(store, job_id, holder):
         while not done.wait(CANCEL_POLL_SECONDS):
             try:
                 if time.monotonic() - renewed >= 1:
-                    store.renew_lease(job_id, holder, LEASE_SECONDS)
+                    store.renew_lease(job_id, holder, LEASE_SECONDS, lease)
                     renewed = time.monotonic()
                 if store.is_finished(job_id):
                     break

@@ -51,3 +51,21 @@ def hang(df, seconds):
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # Celery's soft time limit
     time.sleep(seconds)
     return df
+
+
+@operation(
+    {
+        "seconds": {"type": "number", "minimum": 0, "description": "How long to sleep, once per chunk."},
+        "pid_file": {"type": ["string", "null"], "description": "File to append this process's pid to first."},
+    },
+    row_local=True,
+)
+def sleep_chunk(df, seconds, pid_file=None):
+    """Sleep once per chunk (a row-local step, so a job's chunks run it in parallel); log the pid and first id."""
+    if df.empty:
+        return df
+    if pid_file:
+        with Path(pid_file).open("a") as out:
+            out.write(f"{os.getpid()} {df['id'].iloc[0]}\n")
+    time.sleep(seconds)
+    return df

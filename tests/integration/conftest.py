@@ -23,9 +23,24 @@ def redis_url():
         yield url
 
 
+#: Chunks of 20,000 rows, so the tests' larger datasets span several chunks.
+CHUNK_ROWS = 20_000
+
+
 @pytest.fixture(scope="session")
-def gateway(redis_url, tmp_path_factory):
-    """Base URL of a gateway with one worker process (concurrency 1) behind it, both real processes."""
+def data_dir(tmp_path_factory):
+    """The directory the shared stack stores chunks in (``DATA_STORE_URL=file://...``)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def gateway(redis_url, data_dir, tmp_path_factory):
+    """Base URL of a gateway with one worker process (concurrency 1) behind it, both real processes.
+
+    Its chunks go to a directory (the ``file://`` data store, as workers on several hosts sharing a
+    volume use it); the fault tests' stacks keep the default, chunks in Redis.
+    """
     log_dir = tmp_path_factory.mktemp("logs")
-    with localstack.stack(redis_url, workers=1, concurrency=1, log_dir=log_dir) as url:
+    env = {"DATA_STORE_URL": f"file://{data_dir}", "CHUNK_ROWS": str(CHUNK_ROWS)}
+    with localstack.stack(redis_url, workers=1, concurrency=1, log_dir=log_dir, extra_env=env) as url:
         yield url

@@ -17,11 +17,12 @@ def submit(gateway, body):
 
 
 def watch(gateway, job_id, timeout=120, interval=0.02):
-    """Poll a job until it ends; return every distinct (status, operations_done) seen, and the last body."""
+    """Poll a job until it ends; return every distinct (status, (operations_done, chunks_done)) seen, and the last body."""
     seen, deadline = [], time.monotonic() + timeout
     while time.monotonic() < deadline:
         body = requests.get(f"{gateway}/jobs/{job_id}", timeout=30).json()
-        point = (body["status"], body["progress"]["operations_done"])
+        progress = body["progress"]
+        point = (body["status"], (progress["operations_done"], progress["chunks_done"]))
         if not seen or seen[-1] != point:
             seen.append(point)
         if body["status"] in ("completed", "failed"):
@@ -53,7 +54,7 @@ def test_health_sees_the_worker(gateway):
 
 def test_statuses_are_seen_in_order_and_progress_moves(gateway):
     # One worker process: while `blocker` runs, `job` waits in the queue (started),
-    # then runs (processing, operations_done moving), then completes.
+    # then runs (processing, operations or chunks done moving: 40,000 rows are two chunks), then completes.
     blocker = submit(gateway, {"dataset": text_rows(40_000), "operations": SLOW_PIPELINE})
     job = submit(gateway, {"dataset": text_rows(40_000, seed=3), "operations": SLOW_PIPELINE})
     seen, body = watch(gateway, job)

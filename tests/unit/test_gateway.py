@@ -5,7 +5,7 @@ import json
 import pytest
 
 from workers.celery import RUN_JOB
-from workers.jobstore import JobStore, key_for
+from workers.jobstore import key_for
 from workers.status import PROGRESS
 
 JOB = {
@@ -27,7 +27,8 @@ def test_submit_answers_202_with_location_and_enqueues_only_the_id(client, redis
     assert response.headers["Location"] == f"/jobs/{body['job_id']}"
     assert "3 items" in body["message"]
     assert queued() == 1
-    assert redis.exists(key_for(body["job_id"]), key_for(body["job_id"], "input")) == 2
+    assert redis.exists(key_for(body["job_id"]))
+    assert len(redis.keys("datajobs:blob:jobs/*")) == 1  # the records, as one chunk of Arrow
 
 
 def test_broker_message_carries_no_data(client, celery):
@@ -49,7 +50,10 @@ def test_get_after_submit_reports_started_with_progress_and_timestamps(client):
     job_id = submit(client).get_json()["job_id"]
     body = client.get(f"/jobs/{job_id}").get_json()
     assert body["status"] == "started"
-    assert body["progress"] == {"operations_done": 0, "operations_total": 2, "current_operation": None}
+    assert body["progress"] == {
+        "operations_done": 0, "operations_total": 2, "current_operation": None,
+        "phase": None, "chunks_done": 0, "chunks_total": 0,
+    }
     assert body["created_at"].endswith("Z") and body["started_at"] is None and body["finished_at"] is None
     assert body["data"] is None and body["error"] is None
     assert body["attempts"] == 0
@@ -57,17 +61,19 @@ def test_get_after_submit_reports_started_with_progress_and_timestamps(client):
 
 def test_progress_state_reads_as_processing(client, celery):
     job_id = submit(client).get_json()["job_id"]
-    meta = {"operations_done": 1, "operations_total": 2, "current_operation": "select_columns"}
+    meta = {"operations_done": 1, "operations_total": 2, "current_operation": "select_columns",
+            "phase": "running", "chunks_done": 3, "chunks_total": 4}
     celery.backend.store_result(job_id, meta, PROGRESS)
     body = client.get(f"/jobs/{job_id}").get_json()
     assert body["status"] == "processing"
     assert body["progress"] == meta
-    assert "1 of 2" in body["message"]
+    assert body["message"] == "Processing: 1 of 2 operations done, running select_columns (chunk 3 of 4 done)."
+    celery.backend.store_result(job_id, {**meta, "phase": "saving", "operations_done": 2}, PROGRESS)
+    assert client.get(f"/jobs/{job_id}").get_json()["message"] == "Processing: all 2 operations done, saving the result."
 
 
-def test_completed_job_returns_data_and_stats(client, celery, app):
+def test_completed_job_returns_data_and_stats(client, celery, complete_job):
     job_id = submit(client).get_json()["job_id"]
-    store: JobStore = app.extensions["jobstore"]
     summary = {
         "processed_items": 3,
         "output_items": 1,
@@ -77,13 +83,20 @@ def test_completed_job_returns_data_and_stats(client, celery, app):
             {"name": "select_columns", "rows_in": 1, "rows_out": 1, "seconds": 0.01},
         ],
     }
-    store.complete(job_id, json.dumps([{"name": "Ada"}]), summary)
+    complete_job(job_id, [{"name": "Ada"}], summary)
     # The record is written before the task returns: Celery may still say PROGRESS.
     celery.backend.store_result(job_id, {"operations_done": 2, "operations_total": 2, "current_operation": None}, PROGRESS)
     body = client.get(f"/jobs/{job_id}").get_json()
     assert body["status"] == "completed"
     assert body["message"] == "Successfully processed 3 items with 2 operations"
-    assert body["data"] == {**summary, "data": [{"name": "Ada"}]}
+    assert body["data"] == {
+        **summary,
+        "columns": [{"name": "name", "type": "string"}],
+        "workers": ["w1"],
+        "result_url": f"/jobs/{job_id}/result",
+        "truncated": False,
+        "data": [{"name": "Ada"}],
+    }
     assert body["progress"]["operations_done"] == 2
     assert body["finished_at"] is not None
 
@@ -125,7 +138,10 @@ def test_unknown_or_malformed_id_is_404_json(client, job_id):
 
 BAD_JOBS = [
     # (body, status, code, step, parameter)
-    ({"operations": []}, 400, "invalid_dataset", None, None),
+    ({"operations": []}, 400, "invalid_body", None, None),
+    ({"dataset": [{"a": 1}], "dataset_id": "6f0c1a8e-2d5b-4b3e-9a51-0c1d2e3f4a5b", "operations": []}, 400,
+     "invalid_body", None, None),
+    ({"dataset_id": 5, "operations": []}, 400, "invalid_body", None, None),
     ({"dataset": {"a": 1}, "operations": []}, 400, "invalid_dataset", None, None),
     ({"dataset": [{"a": 1}, 5], "operations": []}, 400, "invalid_dataset", None, None),
     ({"dataset": [{"a": 1}], "operations": "drop_nulls"}, 400, "invalid_operations", None, None),

@@ -104,15 +104,13 @@ def test_cancelling_a_queued_job_ends_it_cancelled(client, redis):
     body = response.get_json()
     assert body["status"] == "cancelled" and body["error"]["type"] == "cancelled"
     assert body["finished_at"] is not None
-    assert not redis.exists(key_for(job_id, "input"))  # the data is dropped at once
+    assert redis.keys("datajobs:blob:*") == []  # the data is dropped at once
     assert client.get(f"/jobs/{job_id}").get_json()["status"] == "cancelled"
 
 
-def test_cancelling_a_finished_job_is_409(client, app):
+def test_cancelling_a_finished_job_is_409(client, complete_job):
     job_id = client.post("/jobs", json=JOB).get_json()["job_id"]
-    app.extensions["jobstore"].complete(
-        job_id, "[]", {"processed_items": 1, "output_items": 0, "operations_applied": 1, "operations": []}
-    )
+    complete_job(job_id, [], {"processed_items": 1, "output_items": 0, "operations_applied": 1, "operations": []})
     response = client.delete(f"/jobs/{job_id}")
     assert response.status_code == 409
     assert response.get_json()["error"]["code"] == "job_finished"

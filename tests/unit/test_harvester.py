@@ -1,31 +1,32 @@
-"""Harvester pieces that need no gateway: readers, writers, --op parsing, operations files, text.
+"""Harvester pieces that need no gateway: sources, parts, outputs, --op parsing, operations files, text.
 
 The HTTP client and the commands are tested against a real local server in
 ``test_harvester_http.py``.
 """
 
-import csv
+import datetime
+import hashlib
 import json
 import os
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
+from rich.console import Console
 
-from harvester.client import BearerAuth, GatewayClient, attempt_timeout, check_token
+from harvester import sources
 from harvester.errors import InputError
-from harvester.io import (
-    check_output,
-    columns,
-    neutralise_formula,
-    parse_records,
-    read_records,
-    write_json,
-    write_records,
-)
+from harvester.formulas import neutralise_formula
+from harvester.io import check_output, write_json
 from harvester.manifest import manifest_path
 from harvester.operations import load_operations, parse_op
+from harvester.outputs import Output, write_table
+from harvester.progress import RichDisplay, amount
 from harvester.report import format_catalogue
+from harvester.sources import JSON_ENCODING, Retyped, Source
+from harvester.transport import BearerAuth, attempt_timeout, check_token
+from harvester.upload import split_parts
 
 RECORDS = [
     {"id": 1, "name": "Zoë", "score": 3, "tags": ["a", "b"]},
@@ -40,189 +41,327 @@ def write(tmp_path, name, text):
     return str(path)
 
 
-# Readers
+def read(source):
+    """Every row of a source as one table, reading again after each Retyped as the upload does."""
+    while True:
+        try:
+            with source.batches() as batches:
+                return pa.Table.from_batches(list(batches), schema=batches.schema)
+        except Retyped:
+            continue
 
 
-def test_csv_blank_cells_are_null_and_numbers_keep_their_type(tmp_path):
-    path = write(tmp_path, "in.csv", "id,name,count,price,code\n1,Zoë,3,1.0,NA\n2,,,2.5,\n3,李,5,,x\n")
+def rows(path):
+    return read(Source(path)).to_pylist()
 
-    records = read_records(path)
 
-    assert records == [
+# Sources: CSV and TSV
+
+
+def test_csv_only_blank_and_nan_cells_are_null_and_numbers_keep_their_type(tmp_path):
+    path = write(tmp_path, "in.csv", "id,name,count,price,code\n1,Zoë,3,1.0,NA\n2,,,2.5,None\n3,李,5,NaN,x\n")
+
+    table = read(Source(path))
+
+    assert table.to_pylist() == [
         {"id": 1, "name": "Zoë", "count": 3, "price": 1.0, "code": "NA"},
-        {"id": 2, "name": None, "count": None, "price": 2.5, "code": None},
+        {"id": 2, "name": None, "count": None, "price": 2.5, "code": "None"},
         {"id": 3, "name": "李", "count": 5, "price": None, "code": "x"},
     ]
-    # An int column with a blank stays int: 3, not 3.0, once sent as JSON.
-    assert json.dumps(records[0]["count"]) == "3"
-    assert type(records[0]["price"]) is float
-    assert json.loads(json.dumps(records)) == records
+    # An int column with a blank stays int: 3, not 3.0.
+    assert table.schema.field("count").type == pa.int64()
+    assert table.schema.field("price").type == pa.float64()
 
 
-def test_csv_with_byte_order_mark_and_booleans(tmp_path):
+def test_csv_with_byte_order_mark_booleans_and_dates_kept_as_text(tmp_path):
     path = tmp_path / "in.csv"
-    path.write_bytes("\ufeffok,n\ntrue,1\nfalse,2\n".encode("utf-8"))
+    path.write_bytes("\ufeffok,n,day,at\ntrue,1,2024-01-31,12:30:00\nFALSE,0,2024-02-01,\n".encode("utf-8"))
 
-    assert read_records(str(path)) == [{"ok": True, "n": 1}, {"ok": False, "n": 2}]
-
-
-def test_tsv(tmp_path):
-    path = write(tmp_path, "in.tsv", "a\tb\n1\thello, world\n2\t\n")
-
-    assert read_records(path) == [{"a": 1, "b": "hello, world"}, {"a": 2, "b": None}]
+    assert rows(str(path)) == [
+        {"ok": True, "n": 1, "day": "2024-01-31", "at": "12:30:00"},
+        {"ok": False, "n": 0, "day": "2024-02-01", "at": None},
+    ]
 
 
-def test_json_array_is_passed_through(tmp_path):
+def test_tsv_and_quoted_cells_with_line_breaks(tmp_path):
+    path = write(tmp_path, "in.tsv", 'a\tb\n1\thello, world\n2\t\n3\t"two\nlines"\n')
+
+    assert rows(path) == [{"a": 1, "b": "hello, world"}, {"a": 2, "b": None}, {"a": 3, "b": "two\nlines"}]
+
+
+def test_csv_repeated_column_names_are_told_apart(tmp_path):
+    assert rows(write(tmp_path, "in.csv", "a,a,b\n1,2,3\n")) == [{"a": 1, "a.1": 2, "b": 3}]
+
+
+@pytest.mark.parametrize(
+    "late, kind, values",
+    [
+        ("2.5", pa.float64(), [0.0, 1.0, 2.5]),  # int -> float
+        ("abc", pa.string(), ["0", "1", "abc"]),  # int -> text
+        ("99999999999999999999", pa.float64(), [0.0, 1.0, 1e20]),  # past int64 -> float
+    ],
+)
+def test_a_csv_column_that_stops_fitting_the_type_of_the_first_block_is_read_again_wider(
+    tmp_path, monkeypatch, late, kind, values
+):
+    monkeypatch.setattr(sources, "CSV_BLOCK_BYTES", 64)
+    monkeypatch.setattr(sources, "CSV_SAMPLE_BYTES", 64)
+    filler = "".join(f"{i % 2},{'x' * 20}\n" for i in range(10))
+    path = write(tmp_path, "in.csv", "n,pad\n" + filler + f"{late},end\n")
+    source = Source(path)
+
+    with source.batches() as first:
+        assert first.schema.field("n").type == pa.int64()
+        with pytest.raises(Retyped, match=f"CSV column 'n' holds '{late}', which is not int64"):
+            list(first)
+    table = read(source)
+
+    assert table.schema.field("n").type == kind
+    assert table.column("n").to_pylist() == [values[i % 2] for i in range(10)] + [values[2]]
+    assert source.passes == 2
+
+
+def test_the_types_come_from_a_sample_far_larger_than_a_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CSV_BLOCK_BYTES", 64)
+    path = write(tmp_path, "in.csv", "n,pad\n" + "".join(f"{i},{'x' * 20}\n" for i in range(100)) + "2.5,end\n")
+    source = Source(path)
+
+    table = read(source)
+
+    assert source.passes == 1  # no second pass: the sample saw the 2.5
+    assert table.schema.field("n").type == pa.float64()
+    assert table.num_rows == 101
+
+
+def test_a_column_null_in_the_first_block_takes_the_type_of_its_first_value(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "CSV_BLOCK_BYTES", 64)
+    monkeypatch.setattr(sources, "CSV_SAMPLE_BYTES", 64)
+    path = write(tmp_path, "in.csv", "a,b\n" + ",x\n" * 40 + "7,y\n8,z\n")
+
+    table = read(Source(path))
+
+    assert table.schema.field("a").type == pa.int64()
+    assert table.column("a").to_pylist()[-2:] == [7, 8]
+
+
+@pytest.mark.parametrize(
+    "content, complaint",
+    [
+        (b"", "is empty: it has no header row"),
+        (b"a,b\n1,2\n3\n", "not a valid CSV file: CSV parse error: Expected 2 columns, got 1"),
+        ("a\n\xe9\n".encode("latin-1"), "not UTF-8"),
+    ],
+)
+def test_bad_csv_is_an_input_error(tmp_path, content, complaint):
+    path = tmp_path / "in.csv"
+    path.write_bytes(content)
+
+    with pytest.raises(InputError, match=complaint):
+        rows(str(path))
+
+
+def test_the_source_checksum_is_of_its_bytes(tmp_path):
+    path = write(tmp_path, "in.csv", "a\n1\n2\n")
+    source = Source(path)
+
+    read(source)
+
+    data = open(path, "rb").read()
+    assert (source.sha256, source.size) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+# Sources: JSON and JSON Lines
+
+
+def test_json_array_with_nested_and_mixed_values(tmp_path):
     path = write(tmp_path, "in.json", json.dumps(RECORDS, ensure_ascii=False))
 
-    assert read_records(path) == RECORDS
+    table = read(Source(path))
+
+    assert table.column_names == ["id", "name", "score", "tags", "extra"]
+    assert table.schema.field("score").type == pa.float64()  # ints and floats: numbers
+    # Nested values go as JSON text, marked so that the gateway reads them back as values.
+    assert table.schema.field("tags").metadata == JSON_ENCODING
+    assert table.column("tags").to_pylist() == ['["a", "b"]', None, None]
+    assert table.column("extra").to_pylist() == [None, '{"k": "李"}', None]
+    assert table.column("name").to_pylist() == ["Zoë", None, "O'Brien, \"Jr\""]
+
+
+def test_json_array_is_read_a_chunk_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "READ_CHUNK", 7)  # items straddle every read
+    monkeypatch.setattr(sources, "JSON_BATCH_ROWS", 3)
+    records = [{"i": i, "s": "é" * (i % 5), "big": 2**70 if i == 9 else i} for i in range(10)]
+    path = write(tmp_path, "in.json", json.dumps(records, ensure_ascii=False, indent=1))
+
+    table = read(Source(path))
+
+    assert table.column("s").to_pylist() == [r["s"] for r in records]
+    # An integer past 64 bits cannot be int64: the column goes as JSON text, the number intact.
+    assert [json.loads(v) for v in table.column("big").to_pylist()] == [r["big"] for r in records]
 
 
 @pytest.mark.parametrize(
     "text, complaint",
     [
-        ('{"a": 1}', "array of objects"),
-        ("[1, 2]", "Item 0"),
-        ('[{"a": NaN}]', "not valid JSON"),
+        ('{"a": 1}', "must hold a JSON array of objects. Got an object instead"),
+        ("[1, 2]", "Item 0 of .* must be a JSON object. Got a number instead"),
+        ('[{"a": NaN}]', "not valid JSON: NaN is not valid JSON"),
         ("[{", "not valid JSON"),
+        ('[{"a": 1} {"a": 2}]', "expected ',' or ']' after item 0"),
+        ("", "not valid JSON: it is empty"),
     ],
 )
-def test_json_that_is_not_a_list_of_objects_is_an_input_error(tmp_path, text, complaint):
-    path = write(tmp_path, "in.json", text)
-
+def test_json_that_is_not_an_array_of_objects_is_an_input_error(tmp_path, text, complaint):
     with pytest.raises(InputError, match=complaint):
-        read_records(path)
+        rows(write(tmp_path, "in.json", text))
 
 
-def test_jsonl_skips_blank_lines(tmp_path):
-    path = write(tmp_path, "in.jsonl", '{"a": 1, "s": "é"}\n\n{"a": null}\n')
-
-    assert read_records(path) == [{"a": 1, "s": "é"}, {"a": None}]
+def test_empty_json_array_and_jsonl_blank_lines(tmp_path):
+    assert rows(write(tmp_path, "in.json", " [ ] ")) == []
+    assert rows(write(tmp_path, "in.jsonl", '{"a": 1, "s": "é"}\n\n{"a": null}\n')) == [
+        {"a": 1, "s": "é"},
+        {"a": None, "s": None},
+    ]
 
 
 def test_jsonl_error_names_the_line(tmp_path):
-    path = write(tmp_path, "in.jsonl", '{"a": 1}\n[1]\n')
-
     with pytest.raises(InputError, match="line 2 must be a JSON object"):
-        read_records(path)
+        rows(write(tmp_path, "in.jsonl", '{"a": 1}\n[1]\n'))
 
 
-@pytest.mark.parametrize(
-    "name, content, complaint",
-    [
-        ("in.xlsx", "", "extension must be one of"),
-        ("missing.csv", None, "Cannot read"),
-        ("empty.csv", "", "empty"),
-    ],
-)
-def test_unreadable_sources_are_input_errors(tmp_path, name, content, complaint):
-    path = tmp_path / name
-    if content is not None:
-        path.write_text(content)
+def test_a_jsonl_key_first_seen_late_costs_one_more_pass_whatever_comes_after(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "JSON_BATCH_ROWS", 10)
+    lines = [{"a": i} for i in range(50)] + [{"a": 1, "b": "late"}, {"a": "text now", "c": True}] + [{"a": 2}] * 20
+    path = write(tmp_path, "in.ndjson", "".join(json.dumps(line) + "\n" for line in lines))
+    source = Source(path)
 
+    table = read(source)
+
+    assert source.passes == 2
+    assert table.column_names == ["a", "b", "c"]
+    assert table.schema.field("a").metadata == JSON_ENCODING  # ints and text: JSON text
+    assert table.column("b").to_pylist()[49:52] == [None, "late", None]
+    assert table.column("c").to_pylist()[51] is True
+
+
+# Sources: Parquet and Arrow
+
+
+def test_parquet_and_arrow_sources_keep_their_types(tmp_path):
+    table = pa.table(
+        {
+            "id": pa.array([1, 2, 3], pa.int32()),
+            "city": pa.array(["Oslo", "Lima", "Oslo"]).dictionary_encode(),
+            "when": pa.array([datetime.datetime(2024, 1, 1), None, datetime.datetime(2024, 1, 3)]),
+            "tags": [["a"], None, []],
+        }
+    )
+    pq.write_table(table, tmp_path / "in.parquet")
+    with ipc.new_file(str(tmp_path / "file.arrow"), table.schema) as writer:
+        writer.write_table(table)
+    with ipc.new_stream(str(tmp_path / "stream.arrows"), table.schema) as writer:
+        writer.write_table(table)
+
+    for name in ("in.parquet", "file.arrow", "stream.arrows"):
+        source = Source(tmp_path / name)
+        read_back = read(source)
+        assert read_back.schema.field("id").type == pa.int32()
+        assert read_back.column("city").to_pylist() == ["Oslo", "Lima", "Oslo"]  # dictionary decoded
+        assert read_back.column("when").to_pylist()[0] == datetime.datetime(2024, 1, 1)
+        assert read_back.column("tags").to_pylist() == ['["a"]', None, "[]"]
+        assert source.sha256 == hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+
+
+def test_a_file_that_is_not_parquet_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="not a valid Parquet file"):
+        rows(write(tmp_path, "in.parquet", "a,b\n1,2\n"))
+
+
+@pytest.mark.parametrize("name, complaint", [("in.xlsx", "extension must be one of"), ("missing.csv", "Cannot read")])
+def test_unknown_or_missing_sources_are_input_errors(tmp_path, name, complaint):
     with pytest.raises(InputError, match=complaint):
-        read_records(str(path))
+        rows(str(tmp_path / name))
 
 
-def test_source_that_is_not_utf8_is_an_input_error():
-    with pytest.raises(InputError, match="not UTF-8"):
-        parse_records("a\n\xe9\n".encode("latin-1"), "csv", "in.csv")
+# Parts
 
 
-# Writers
+def test_parts_are_arrow_streams_of_about_the_part_size_with_every_row_once():
+    text = [hashlib.sha256(str(i).encode()).hexdigest()[: i % 40] for i in range(20_000)]  # compresses 2:1 at most
+    table = pa.table({"id": range(20_000), "text": text})
+
+    parts = list(split_parts(table.to_batches(max_chunksize=1000), table.schema, part_bytes=64 * 1024))
+
+    assert [p.number for p in parts] == list(range(1, len(parts) + 1)) and len(parts) > 3
+    assert all(len(p.body) < 64 * 1024 * 1.5 for p in parts)
+    read_back = [ipc.open_stream(pa.py_buffer(p.body)).read_all() for p in parts]
+    assert pa.concat_tables(read_back).to_pylist() == table.to_pylist()
+    assert [p.rows for p in parts] == [t.num_rows for t in read_back]
+    # zstd: the streams are smaller than the data they hold.
+    assert sum(len(p.body) for p in parts) < table.nbytes
+
+
+def test_a_source_without_rows_is_one_part_with_its_columns():
+    schema = pa.schema([("a", pa.int64()), ("b", pa.string())])
+
+    (part,) = split_parts(iter([]), schema)
+
+    assert (part.number, part.rows) == (1, 0)
+    assert ipc.open_stream(pa.py_buffer(part.body)).schema == schema
+
+
+# Outputs
+
+VALUES = pa.table(
+    {
+        "id": pa.array([1, 2, None], pa.int64()),
+        "x": [1.5, float("nan"), float("inf")],
+        "when": pa.array([datetime.datetime(2024, 5, 1, 12, 30), None, None], pa.timestamp("ms")),
+        "mixed": pa.array(['{"k": [1, 2]}', '"text"', None], pa.large_string()),
+        "s": ["=1+2", "plain", None],
+    },
+).replace_schema_metadata()
+VALUES = VALUES.cast(
+    pa.schema([f if f.name != "mixed" else f.with_metadata(JSON_ENCODING) for f in VALUES.schema])
+)
 
 
 @pytest.mark.parametrize("ext", ["jsonl", "json"])
-def test_json_writers_round_trip(tmp_path, ext):
-    path = str(tmp_path / f"out.{ext}")
+def test_json_outputs_keep_the_value_rules(tmp_path, ext):
+    path = tmp_path / f"out.{ext}"
 
-    assert write_records(RECORDS, path) == (ext, 0)
+    write_table(VALUES, path)
 
-    assert read_records(path) == RECORDS
-    assert "Zoë" in open(path, encoding="utf-8").read()  # written as UTF-8, not \u escapes
-
-
-def test_csv_writer_keeps_first_record_column_order_then_later_keys(tmp_path):
-    path = str(tmp_path / "out.csv")
-
-    write_records(RECORDS, path)
-
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == ["id", "name", "score", "tags", "extra"]
-    assert rows[1] == ["1", "Zoë", "3", '["a", "b"]', ""]
-    assert rows[2] == ["2", "", "2.5", "", '{"k": "李"}']
-    assert rows[3] == ["3", "O'Brien, \"Jr\"", "", "", ""]
-    # ...and reads back as what was written, nulls included.
-    assert read_records(path)[2]["name"] == "O'Brien, \"Jr\""
-
-
-def test_parquet_writer_round_trip(tmp_path):
-    path = str(tmp_path / "out.parquet")
-    records = [{"id": 1, "name": "Zoë", "score": 1.5}, {"id": 2, "name": None, "score": None, "late": True}]
-
-    write_records(records, path)
-
-    table = pq.read_table(path)
-    assert table.column_names == ["id", "name", "score", "late"]
-    assert table.to_pylist() == [
-        {"id": 1, "name": "Zoë", "score": 1.5, "late": None},
-        {"id": 2, "name": None, "score": None, "late": True},
+    text = path.read_text(encoding="utf-8")
+    records = json.loads(text) if ext == "json" else [json.loads(line) for line in text.splitlines()]
+    assert records == [
+        {"id": 1, "x": 1.5, "when": "2024-05-01T12:30:00", "mixed": {"k": [1, 2]}, "s": "=1+2"},
+        {"id": 2, "x": None, "when": None, "mixed": "text", "s": "plain"},  # NaN is null
+        {"id": None, "x": None, "when": None, "mixed": None, "s": None},  # so is infinity
     ]
-    assert pd.read_parquet(path)["id"].tolist() == [1, 2]
+    assert '"id": 1,' in text  # integers stay integers, not 1.0
 
 
-def test_parquet_writer_refuses_a_column_of_mixed_types(tmp_path):
-    path = tmp_path / "out.parquet"
+def test_json_outputs_of_no_rows(tmp_path):
+    write_table(VALUES.slice(0, 0), tmp_path / "out.json")
+    write_table(VALUES.slice(0, 0), tmp_path / "out.jsonl")
 
-    with pytest.raises(InputError, match="'v'"):
-        write_records([{"v": 1}, {"v": "one"}], str(path))
-    assert not path.exists()
-    assert os.listdir(tmp_path) == []  # no temporary file left behind
-
-
-def test_write_replaces_an_existing_file_and_leaves_no_temporary_file(tmp_path):
-    path = tmp_path / "out.jsonl"
-    path.write_text("old\n")
-
-    write_records([{"a": 1}], str(path))
-    write_json({"b": 2}, str(tmp_path / "m.json"))
-
-    assert path.read_text() == '{"a": 1}\n'
-    assert sorted(os.listdir(tmp_path)) == ["m.json", "out.jsonl"]
+    assert json.loads((tmp_path / "out.json").read_text()) == []
+    assert (tmp_path / "out.jsonl").read_text() == ""
 
 
-def test_empty_result_writes_empty_files(tmp_path):
-    for ext in ["jsonl", "json", "csv", "parquet"]:
-        write_records([], str(tmp_path / f"out.{ext}"))
+def test_csv_output_neutralises_formulas_in_text_cells_and_names_unless_raw(tmp_path):
+    table = pa.table({"=cmd": ["=HYPERLINK(\"http://x\")", "-12.5", "\tTab", None], "n": [-3, 0, 1, 2]})
 
-    assert read_records(str(tmp_path / "out.json")) == []
-    assert read_records(str(tmp_path / "out.jsonl")) == []
-    assert pq.read_table(str(tmp_path / "out.parquet")).num_rows == 0
+    safe = write_table(table, tmp_path / "safe.csv")
+    raw = write_table(table, tmp_path / "raw.csv", neutralise_formulas=False)
 
-
-def test_output_checks(tmp_path):
-    assert check_output(str(tmp_path / "out.parquet")) == "parquet"
-    with pytest.raises(InputError, match="extension must be one of .jsonl, .csv, .json, .parquet"):
-        check_output(str(tmp_path / "out.txt"))
-    (tmp_path / "dir.csv").mkdir()
-    with pytest.raises(InputError, match="is a directory"):
-        check_output(str(tmp_path / "dir.csv"))
-    (tmp_path / "file").write_text("")
-    with pytest.raises(InputError, match="is a file, not a directory"):
-        check_output(str(tmp_path / "file" / "out.csv"))
-
-
-def test_writers_create_missing_directories(tmp_path):
-    path = tmp_path / "out" / "deeper" / "data.csv"
-
-    assert check_output(str(path)) == "csv"
-    write_records([{"a": 1}], str(path))
-
-    assert path.read_text() == "a\n1\n"
-
-
-# CSV formula neutralisation
+    assert (tmp_path / "safe.csv").read_text(encoding="utf-8") == (
+        '"\'=cmd","n"\n"\'=HYPERLINK(""http://x"")",-3\n"-12.5",0\n"\'\tTab",1\n,2\n'
+    )
+    assert (tmp_path / "raw.csv").read_text(encoding="utf-8").startswith('"=cmd","n"\n"=HYPERLINK(')
+    assert (safe.cells_neutralised, raw.cells_neutralised) == (2, 0)
+    assert (safe.neutralise_formulas, raw.neutralise_formulas) == (True, False)
 
 
 @pytest.mark.parametrize(
@@ -256,62 +395,101 @@ def test_writers_create_missing_directories(tmp_path):
         ("", ""),
     ],
 )
-def test_neutralise_formula(text, written):
+def test_neutralise_formula_and_the_csv_writer_agree(tmp_path, text, written):
     assert neutralise_formula(text) == written
 
+    write_table(pa.table({"s": [text]}), tmp_path / "out.csv")
 
-FORMULA_RECORDS = [
-    {"s": "=HYPERLINK(\"http://x\")", "n": -3, "x": -1.5, "b": True, "z": None, "j": {"k": "=x"}},
-    {"s": "-12.5", "n": 0, "x": 2.0, "b": False, "z": "@me", "j": ["-y"]},
-    {"s": "\tTab", "n": 1, "x": -0.0, "b": None, "z": "ok", "j": None},
-]
+    line = (tmp_path / "out.csv").read_bytes().decode("utf-8").split("\n", 1)[1]  # a bare CR stays a CR
+    assert line == '"' + written.replace('"', '""') + '"\n'
 
 
-def read_csv_rows(path):
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.reader(f))
+@pytest.mark.parametrize("ext", ["parquet", "arrow", "arrows"])
+def test_binary_outputs_keep_types_and_text_as_received(tmp_path, ext):
+    path = tmp_path / f"out.{ext}"
+
+    written = write_table(VALUES, path)
+
+    if ext == "parquet":
+        back = pq.read_table(path)
+    else:
+        back = (ipc.open_file if ext == "arrow" else ipc.open_stream)(pa.OSFile(str(path))).read_all()
+    assert back.column_names == VALUES.column_names
+    assert back.column("s").to_pylist() == ["=1+2", "plain", None]  # never neutralised
+    assert back.column("mixed").to_pylist() == VALUES.column("mixed").to_pylist()
+    assert back.schema.field("when").type == pa.timestamp("ms")
+    assert written.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (written.rows, written.bytes) == (3, path.stat().st_size)
 
 
-def test_csv_writer_neutralises_text_cells_only(tmp_path):
-    path = str(tmp_path / "out.csv")
+@pytest.mark.parametrize("ext", ["csv", "jsonl", "json", "parquet", "arrow"])
+@pytest.mark.parametrize("error", [ConnectionError, KeyboardInterrupt])  # the download broke; Ctrl-C
+def test_an_output_that_fails_half_way_leaves_nothing_and_keeps_what_was_there(tmp_path, ext, error):
+    path = tmp_path / f"out.{ext}"
+    path.write_text("the previous output")
 
-    written = write_records(FORMULA_RECORDS, path)
+    with pytest.raises(error):
+        with Output(path) as out:
+            out.write(VALUES.to_batches()[0])
+            raise error()
 
-    assert written == ("csv", 3)
-    assert read_csv_rows(path) == [
-        ["s", "n", "x", "b", "z", "j"],
-        # Numbers, booleans, nulls and the JSON text of nested values are never changed.
-        ["'=HYPERLINK(\"http://x\")", "-3", "-1.5", "True", "", '{"k": "=x"}'],
-        ["-12.5", "0", "2.0", "False", "'@me", '["-y"]'],
-        ["'\tTab", "1", "-0.0", "", "ok", ""],
-    ]
-
-
-def test_raw_csv_writes_text_cells_as_received(tmp_path):
-    path = str(tmp_path / "out.csv")
-
-    written = write_records(FORMULA_RECORDS, path, neutralise_formulas=False)
-
-    assert written == ("csv", 0)
-    rows = read_csv_rows(path)
-    assert [row[0] for row in rows[1:]] == ["=HYPERLINK(\"http://x\")", "-12.5", "\tTab"]
-    assert rows[2][4] == "@me"
+    assert path.read_text() == "the previous output"
+    assert os.listdir(tmp_path) == [f"out.{ext}"]  # no temporary file left behind
 
 
-@pytest.mark.parametrize("ext", ["jsonl", "json", "parquet"])
-def test_other_formats_are_never_neutralised(tmp_path, ext):
-    path = str(tmp_path / f"out.{ext}")
-    records = [{"s": "=1+2", "t": "@me"}, {"s": "-x", "t": "\tTab"}]
+def test_an_output_is_written_beside_its_path_and_missing_directories_are_made(tmp_path):
+    path = tmp_path / "out" / "deeper" / "data.csv"
 
-    assert write_records(records, path) == (ext, 0)
+    assert check_output(str(path)) == "csv"
+    write_table(pa.table({"a": [1]}), path)
+    write_json({"b": 2}, str(tmp_path / "m.json"))
 
-    written = pq.read_table(path).to_pylist() if ext == "parquet" else read_records(path)
-    assert written == records
+    assert path.read_text() == '"a"\n1\n'
+    assert sorted(os.listdir(tmp_path)) == ["m.json", "out"]
 
 
-def test_columns_and_manifest_path():
-    assert columns([{"b": 1, "a": 2}, {"c": 3, "a": 4}]) == ["b", "a", "c"]
+def test_output_checks(tmp_path):
+    source = write(tmp_path, "in.csv", "a\n1\n")
+    assert check_output(str(tmp_path / "out.parquet")) == "parquet"
+    with pytest.raises(InputError, match="extension must be one of .jsonl, .csv, .json, .parquet, .arrow, .arrows"):
+        check_output(str(tmp_path / "out.txt"))
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(InputError, match="is a directory"):
+        check_output(str(tmp_path / "dir.csv"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="is a file, not a directory"):
+        check_output(str(tmp_path / "file" / "out.csv"))
+    with pytest.raises(InputError, match="it exists. Pass --force"):
+        check_output(source)
+    with pytest.raises(InputError, match="it is the source"):
+        check_output(os.path.join(str(tmp_path), ".", "in.csv"), source=source, force=True)
+    assert check_output(source, source="http://example.org/in.csv", force=True) == "csv"
+
+
+def test_manifest_path():
     assert manifest_path("out/data.csv") == "out/data.csv.manifest.json"
+
+
+# Progress
+
+
+def test_progress_bars_show_each_phase_in_its_unit():
+    console = Console(file=__import__("io").StringIO(), force_terminal=True, width=120)
+
+    with RichDisplay(console) as display:
+        upload = display.task("Uploading", total=2_000_000, unit="bytes")
+        upload.update(1_000_000)
+        job = display.task("Job 3f2c5a0e", unit="chunks")
+        job.update(3, total=4, description="Job 3f2c5a0e processing: 1/2 operations, running")
+        download = display.task("Downloading", total=1_000_000, unit="rows")
+        download.update(250_000)
+        upload.finish()
+
+    shown = console.file.getvalue()
+    assert "Uploading" in shown and "2.0 MB/2.0 MB" in shown
+    assert "Job 3f2c5a0e processing: 1/2 operations, running" in shown and "3/4 chunks" in shown
+    assert "250,000/1,000,000 rows" in shown
+    assert amount(5, None, "rows") == "5 rows"
 
 
 # --op and --operations
@@ -376,6 +554,8 @@ def test_bad_operations_files(tmp_path, text, complaint):
 
 
 def test_client_refuses_a_gateway_that_is_not_an_http_url():
+    from harvester.client import GatewayClient
+
     with pytest.raises(ValueError, match="http"):
         GatewayClient("127.0.0.1:5000")
 
@@ -404,7 +584,7 @@ def test_bearer_auth_sets_the_header_and_hides_the_token():
 
 
 def test_attempt_timeout_shrinks_to_the_deadline(monkeypatch):
-    monkeypatch.setattr("harvester.client.time.monotonic", lambda: 100.0)
+    monkeypatch.setattr("harvester.transport.time.monotonic", lambda: 100.0)
 
     assert attempt_timeout((3.05, 30.0), None) == (3.05, 30.0)
     assert attempt_timeout((3.05, 30.0), 110.0) == (3.05, 10.0)
@@ -438,12 +618,3 @@ def test_catalogue_text_marks_required_parameters_and_defaults():
     assert "columns  default null   array of string or null" in text
     assert 'how      default "any"  one of "any", "all"' in text
     assert "n  required  integer" in text
-
-
-def test_csv_cells_with_line_breaks_stay_in_their_row(tmp_path):
-    path = str(tmp_path / "out.csv")
-    records = [{"a": "one\rtwo", "b": 1}, {"a": "three\nfour\r\n", "b": 2}]
-
-    write_records(records, path)
-
-    assert read_csv_rows(path) == [["a", "b"], ["one\rtwo", "1"], ["three\nfour\r\n", "2"]]

@@ -1,11 +1,11 @@
-"""The job store on fakeredis: keys, TTLs, attempts, finishing."""
-
-import json
+"""The job store on fakeredis: keys, TTLs, attempts, finishing, and the chunks a job owns."""
 
 import fakeredis
 import pytest
 
-from workers.jobstore import JobStore, idempotency_key, is_job_id, key_for, new_job_id
+from workers import chunks, frames
+from workers.chunks import ChunkWriter
+from workers.jobstore import JobStore, chunk_name, dataset_key, idempotency_key, is_job_id, key_for, new_job_id
 
 TTL = 3600
 
@@ -17,7 +17,9 @@ def store():
 
 def test_keys_share_one_prefix():
     assert key_for("abc") == "datajobs:job:abc"
-    assert key_for("abc", "input") == "datajobs:job:abc:input"
+    assert key_for("abc", "lease") == "datajobs:job:abc:lease"
+    assert dataset_key("abc") == "datajobs:dataset:abc"
+    assert chunk_name("job", "abc", "input", 3) == "jobs/abc/input-00003.arrow"
 
 
 @pytest.mark.parametrize("text,ok", [(new_job_id(), True), ("not-an-id", False), ("", False), (None, False),
@@ -26,15 +28,28 @@ def test_is_job_id_accepts_only_canonical_uuids(text, ok):
     assert is_job_id(text) is ok
 
 
+def stored(store, job_id, section, records, dataset_id=None):
+    """Write ``records`` as chunks of ``job_id`` and return their reference."""
+    with ChunkWriter(store.data, "job", job_id, section, 2) as writer:
+        writer.write(frames.records_to_table(records))
+        return {**writer.close(), "dataset_id": dataset_id}
+
+
+def blobs(store):
+    return sorted(k.decode() for k in store.redis.keys("datajobs:blob:*"))
+
+
 def test_create_then_get_round_trips_and_everything_expires(store):
     job_id = new_job_id()
     ops = [{"name": "limit", "params": {"n": 1}}]
-    store.create(job_id, ops, json.dumps([{"a": 1}, {"a": 2}]), rows=2)
+    ref = stored(store, job_id, "input", [{"a": 1}, {"a": 2}, {"a": 3}])
+    store.create(job_id, ops, ref)
     record = store.get(job_id)
-    assert record["operations"] == ops and record["operations_total"] == 1 and record["rows_in"] == 2
+    assert record["operations"] == ops and record["operations_total"] == 1 and record["rows_in"] == 3
     assert record["created_at"].endswith("Z")
-    assert json.loads(store.load_input(job_id)) == [{"a": 1}, {"a": 2}]
-    for key in [key_for(job_id), key_for(job_id, "input")]:
+    assert record["input"] == ref and [c["rows"] for c in ref["chunks"]] == [2, 1]
+    assert chunks.read_all(store.data, ref).to_pylist() == [{"a": 1}, {"a": 2}, {"a": 3}]
+    for key in [key_for(job_id), *blobs(store)]:
         assert 0 < store.redis.ttl(key) <= TTL
 
 
@@ -44,7 +59,7 @@ def test_unknown_job_is_none(store):
 
 def test_attempts_count_and_started_at_is_the_first_start(store):
     job_id = new_job_id()
-    store.create(job_id, [], "[]", rows=0)
+    store.create(job_id, [], stored(store, job_id, "input", []))
     assert store.mark_started(job_id) == 1
     first = store.get(job_id)["started_at"]
     assert store.mark_started(job_id) == 2
@@ -52,55 +67,72 @@ def test_attempts_count_and_started_at_is_the_first_start(store):
     assert store.get(job_id)["attempts"] == 2
 
 
-def test_complete_stores_output_and_drops_input(store):
+def test_complete_stores_output_and_drops_an_inline_input(store):
     job_id = new_job_id()
-    store.create(job_id, [], "[1]", rows=1)
-    assert store.complete(job_id, "[2]", {"output_items": 1})
-    assert store.load_input(job_id) is None
-    assert store.get(job_id)["summary"] == {"output_items": 1}
-    assert store.get(job_id)["outcome"] == "completed"
-    assert store.load_output(job_id) == b"[2]"
-    assert store.get(job_id)["finished_at"]
-    assert 0 < store.redis.ttl(key_for(job_id, "output")) <= TTL
+    store.create(job_id, [], stored(store, job_id, "input", [{"a": 1}]))
+    output = stored(store, job_id, "output", [{"a": 2}])
+    assert store.complete(job_id, output, {"output_items": 1}, inline=[{"a": 2}])
+    record = store.get(job_id)
+    assert record["summary"] == {"output_items": 1} and record["outcome"] == "completed"
+    assert record["output"] == output and record["inline"] == [{"a": 2}] and record["finished_at"]
+    assert blobs(store) == ["datajobs:blob:" + output["chunks"][0]["name"]]  # the input is gone
+    assert 0 < store.redis.ttl(blobs(store)[0]) <= TTL
+
+
+def test_a_dataset_input_outlives_the_job(store):
+    job_id = new_job_id()
+    ref = stored(store, "dataset-1", "p00001", [{"a": 1}], dataset_id="dataset-1")
+    store.create(job_id, [], ref)
+    store.fail(job_id, {"type": "x", "message": "y", "operation_index": None})
+    assert chunks.read_all(store.data, ref).num_rows == 1  # other jobs may use the dataset
+
+
+def test_drop_output_frees_the_result_once(store):
+    job_id = new_job_id()
+    store.create(job_id, [], stored(store, job_id, "input", [{"a": 1}]))
+    store.complete(job_id, stored(store, job_id, "output", [{"a": 1}]), {})
+    assert store.drop_output(job_id)
+    assert blobs(store) == [] and store.get(job_id)["result_deleted_at"]
+    assert not store.drop_output(job_id)
 
 
 def test_fail_records_the_error(store):
     job_id = new_job_id()
-    store.create(job_id, [], "[]", rows=0)
+    store.create(job_id, [], stored(store, job_id, "input", [{"a": 1}]))
     error = {"type": "x", "message": "y", "operation_index": 0}
     store.fail(job_id, error)
     assert store.get(job_id)["error"] == error
-    assert store.load_input(job_id) is None
+    assert blobs(store) == []
 
 
 def test_delete_removes_every_key(store):
     job_id = new_job_id()
-    store.create(job_id, [], "[]", rows=0)
+    store.create(job_id, [], stored(store, job_id, "input", [{"a": 1}]))
     store.delete(job_id)
     assert store.redis.keys("*") == []
 
 
 def test_a_job_ends_once_whoever_ends_it_first_wins(store):
     job_id = new_job_id()
-    store.create(job_id, [], "[1]", rows=1)
+    store.create(job_id, [], stored(store, job_id, "input", [{"a": 1}]))
     assert store.cancel(job_id)
-    assert not store.complete(job_id, "[2]", {})  # the worker finishing later changes nothing
+    assert not store.complete(job_id, {"chunks": [], "rows": 0}, {})  # the worker finishing later changes nothing
     assert not store.fail(job_id, {"type": "x", "message": "y", "operation_index": None})
     assert not store.cancel(job_id)
     record = store.get(job_id)
     assert record["outcome"] == "cancelled" and record["error"]["type"] == "cancelled"
-    assert store.load_output(job_id) is None
+    assert "output" not in record
     assert store.is_finished(job_id)
 
 
 def test_ending_an_unknown_job_writes_nothing(store):
-    assert not store.complete(new_job_id(), "[]", {})
+    assert not store.complete(new_job_id(), {"chunks": [], "rows": 0}, {})
     assert store.redis.keys("*") == []
 
 
 def test_is_finished_only_once_ended(store):
     job_id = new_job_id()
-    store.create(job_id, [], "[]", rows=0)
+    store.create(job_id, [], stored(store, job_id, "input", []))
     assert not store.is_finished(job_id)
     store.fail(job_id, {"type": "x", "message": "y", "operation_index": None})
     assert store.is_finished(job_id)

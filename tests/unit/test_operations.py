@@ -698,9 +698,16 @@ def test_text_length_counts_characters():
     assert out["text"].tolist()[0] == "Café"
 
 
-def test_text_length_of_non_text_is_length_of_its_text():
-    out = run("text_length", mixed_frame(), column="score", into="digits")
-    assert out["digits"].tolist()[0] == 2 and pd.isna(out["digits"].iloc[1])
+def test_text_length_of_a_typed_non_text_column_is_a_parameter_error():
+    # A number column is refused (at submit, from the dataset's types), not measured as its digits.
+    with pytest.raises(ParameterError, match="'score', which holds numbers; text_length needs text"):
+        run("text_length", mixed_frame(), column="score", into="digits")
+
+
+def test_text_length_of_non_text_in_a_mixed_column_is_length_of_its_text():
+    df = pd.DataFrame({"v": pd.Series([12, "abc", None], dtype=object)})
+    out = run("text_length", df, column="v", into="n")
+    assert out["n"].tolist()[:2] == [2, 3] and pd.isna(out["n"].iloc[2])
 
 
 def test_text_length_refuses_to_overwrite():

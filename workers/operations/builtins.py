@@ -35,14 +35,14 @@ CHUNK_INDEX = "chunk_index"
 # --- columns -----------------------------------------------------------------
 
 
-@operation({"columns": {**COLUMN_LIST, "description": "Columns to keep, in this order."}})
+@operation({"columns": {**COLUMN_LIST, "description": "Columns to keep, in this order."}}, row_local=True)
 def select_columns(df, columns):
     """Keep only the named columns, in the given order."""
     require_columns(df, columns, "columns")
     return df[list(columns)]
 
 
-@operation({"columns": {**COLUMN_LIST, "description": "Columns to remove."}})
+@operation({"columns": {**COLUMN_LIST, "description": "Columns to remove."}}, row_local=True)
 def drop_columns(df, columns):
     """Remove the named columns."""
     require_columns(df, columns, "columns")
@@ -57,7 +57,8 @@ def drop_columns(df, columns):
             "additionalProperties": COLUMN_NAME,
             "description": "Old column name -> new column name. Columns not named keep their name.",
         }
-    }
+    },
+    row_local=True,
 )
 def rename_columns(df, mapping):
     """Rename columns."""
@@ -80,7 +81,8 @@ def rename_columns(df, mapping):
             "type": ["string", "number", "boolean", "null"],
             "description": "The value every row gets.",
         },
-    }
+    },
+    row_local=True,
 )
 def add_column(df, name, value):
     """Add a column holding the same value in every row."""
@@ -116,7 +118,8 @@ def _require_new_column(df, name, parameter):
             "enum": ["any", "all"],
             "description": "Drop a row when any of the columns is null, or only when all of them are.",
         },
-    }
+    },
+    row_local=True,
 )
 def drop_nulls(df, columns=None, how="any"):
     """Remove rows that have nulls."""
@@ -139,7 +142,8 @@ def drop_nulls(df, columns=None, how="any"):
             "description": "Column -> value that replaces nulls in that column. Give this or 'value'. "
             "A column whose type cannot hold its value (text in a number column, say) becomes a mixed column.",
         },
-    }
+    },
+    row_local=True,
 )
 def fill_nulls(df, value=None, values=None):
     """Replace nulls with a value."""
@@ -234,7 +238,8 @@ _VALUE_KINDS = {"number": "a number", "boolean": "a boolean", "text": "a string"
             "type": "boolean",
             "description": "false makes eq, ne, in, not_in and the text operators ignore case.",
         },
-    }
+    },
+    row_local=True,
 )
 def filter_rows(df, column, operator, value=None, case_sensitive=True):
     """Keep the rows whose value in a column passes a test."""
@@ -477,7 +482,8 @@ def _remove_accents(text):
             "type": "boolean",
             "description": "Remove accents and other combining marks (NFKD, drop marks, then 'unicode_form').",
         },
-    }
+    },
+    row_local=True,
 )
 def normalize_text(
     df,
@@ -541,7 +547,8 @@ def _is_null(value):
             "minLength": 1,
             "description": "New column for the pieces, keeping 'column' as it is; null puts them in 'column'.",
         },
-    }
+    },
+    row_local=True,
 )
 def chunk_text(df, column, size, overlap=0, into=None):
     """Split text into overlapping pieces of at most size characters, one row per piece."""
@@ -584,13 +591,19 @@ def _split(text, size, step):
     {
         "column": {**COLUMN_NAME, "description": "Text column to measure."},
         "into": {**COLUMN_NAME, "description": "New column for the lengths; it must not exist yet."},
-    }
+    },
+    row_local=True,
 )
 def text_length(df, column, into):
     """Add a column with the number of characters of each text."""
     require_columns(df, column, "column")
     _require_new_column(df, into, "into")
-    # Non-text values count the characters of their text form; nulls stay null.
+    kind = _column_kind(df[column])
+    if kind not in (None, "text"):
+        raise ParameterError(
+            "column", f"names column {column!r}, which holds {_COLUMN_KINDS[kind]}; text_length needs text."
+        )
+    # In a mixed column, non-text values count the characters of their text form; nulls stay null.
     lengths = [None if _is_null(v) else len(v if isinstance(v, str) else str(v)) for v in df[column].tolist()]
     return _with_columns(df, {into: pd.Series(pd.array(lengths, dtype="Int64"), index=df.index)})
 
@@ -669,7 +682,8 @@ _CASTS = {
             "enum": ["raise", "coerce"],
             "description": "What a value that cannot be converted does: fail the step, or become null.",
         },
-    }
+    },
+    row_local=True,
 )
 def cast_types(df, types, errors="raise"):
     """Convert columns to int, float, str, bool or datetime."""

@@ -36,6 +36,9 @@ class Operation:
     defaults: dict
     description: str
     validator: Draft202012Validator = field(repr=False, compare=False)
+    #: True when the operation may run on any slice of the rows alone, so a job's
+    #: chunks can run it in parallel; False (global) when it needs every row at once.
+    row_local: bool = False
 
     @property
     def schema(self):
@@ -54,7 +57,12 @@ class Operation:
 
     def describe(self):
         """The catalogue entry served by ``GET /operations``."""
-        return {"name": self.name, "description": self.description, "parameters": self.schema}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.schema,
+            "row_local": self.row_local,
+        }
 
     def validate(self, params):
         """Check ``params`` against this operation's schema.
@@ -143,11 +151,15 @@ class Registry(dict):
 REGISTRY = Registry()
 
 
-def operation(params=None, *, name=None, registry=REGISTRY):
+def operation(params=None, *, name=None, row_local=False, registry=REGISTRY):
     """Register ``func(df, **params)`` as an operation.
 
     ``params`` maps each keyword parameter of ``func`` to its JSON Schema. The
-    first line of the docstring is the catalogue description.
+    first line of the docstring is the catalogue description. ``row_local``
+    declares that the operation gives the same rows when run on any split of
+    the frame and the pieces joined in order (a filter, a column change), so a
+    job runs it on every chunk in parallel; the default, global, runs it once
+    over all the rows (sort, deduplicate, limit, sample): always correct, never spread.
 
     Raises :class:`ValueError` when the name is taken or the schema and the
     signature disagree.
@@ -179,6 +191,7 @@ def operation(params=None, *, name=None, registry=REGISTRY):
             defaults={n: p.default for n, p in keywords.items() if p.default is not inspect.Parameter.empty},
             description=doc.splitlines()[0],
             validator=Draft202012Validator({}),
+            row_local=bool(row_local),
         )
         return func
 

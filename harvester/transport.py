@@ -1,0 +1,223 @@
+"""How the harvester talks HTTP: sessions, the retry policy, deadlines and the bearer token.
+
+Retries live in one place: a urllib3 :class:`~urllib3.util.retry.Retry` mounted on
+a :class:`requests.Session`. It retries connection errors and 502/503/504 with
+exponential backoff, honours ``Retry-After``, and never sleeps past the deadline
+of the call it serves. When it gives up, :func:`send` raises
+:class:`~harvester.errors.GatewayUnreachable`; :func:`retry_until` (and
+:meth:`~harvester.client.GatewayClient.wait`) then try again at the next interval
+while their deadline holds.
+
+An optional bearer token goes in ``Authorization`` on every request to the
+gateway (and only there: the session also fetches source URLs, so the token is
+a per-request ``requests`` auth, never a session header). It is kept out of
+every repr, log line and error message.
+
+The gateway's commands are in :mod:`harvester.client`; the readers use
+:func:`send` for source URLs.
+"""
+
+import contextvars
+import json
+import logging
+import re
+import time
+
+import requests
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
+from urllib3.util.retry import Retry
+
+from harvester import __version__
+from harvester.errors import GatewayUnreachable
+
+log = logging.getLogger(__name__)
+
+#: (connect, read) timeout of one HTTP attempt, in seconds.
+DEFAULT_TIMEOUT = (3.05, 30.0)
+#: Answers that mean "the gateway is there but cannot serve right now".
+RETRY_STATUSES = frozenset({502, 503, 504})
+#: Shortest timeout given to an attempt made at or just after a deadline.
+MIN_ATTEMPT_TIMEOUT = 0.5
+#: What a bearer token may hold: visible ASCII, no spaces (anything else cannot go in a header as is).
+TOKEN_PATTERN = re.compile(r"[\x21-\x7e]+")
+
+# The deadline of the call in progress. urllib3 copies the Retry for every attempt
+# and requests has no per-request retry hook, so the Retry reads the deadline
+# from here; a context variable keeps calls made by different threads apart.
+_deadline = contextvars.ContextVar("harvester_deadline", default=None)
+
+
+def remaining(deadline):
+    """Return the seconds left before ``deadline`` (a ``time.monotonic()`` value); infinite when None."""
+    return float("inf") if deadline is None else deadline - time.monotonic()
+
+
+class GatewayRetry(Retry):
+    """urllib3 ``Retry`` that stops at the current call's deadline and logs status retries.
+
+    urllib3 logs retries after connection errors itself (logger
+    ``urllib3.connectionpool``, level WARNING) but retries after a 503 only at
+    DEBUG, so those are logged here.
+    """
+
+    def is_exhausted(self):
+        return super().is_exhausted() or remaining(_deadline.get()) <= 0
+
+    def get_backoff_time(self):
+        return max(0.0, min(super().get_backoff_time(), remaining(_deadline.get())))
+
+    def get_retry_after(self, response):
+        seconds = super().get_retry_after(response)
+        if seconds is None:
+            return None
+        return max(0.0, min(seconds, remaining(_deadline.get())))
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        new = super().increment(method, url, response, error, _pool, _stacktrace)
+        if response is not None and error is None and not response.get_redirect_location():
+            wait = None
+            if self.respect_retry_after_header:
+                wait = new.get_retry_after(response)
+            if not wait:
+                wait = new.get_backoff_time()
+            log.warning(
+                "%s %s answered %s; retrying in %.1f s (%s retries left).",
+                method,
+                url,
+                response.status,
+                wait,
+                new.total,
+            )
+        return new
+
+
+def make_retry(total=4, backoff_factor=0.5, backoff_max=10.0):
+    """Return the retry policy of the client.
+
+    Args:
+        total: retries after the first attempt (connection errors and 502/503/504 alike).
+        backoff_factor: sleeps between attempts are 0, 2×, 4×, 8×... this many seconds.
+            Tests pass a tiny value.
+        backoff_max: longest sleep between two attempts, in seconds.
+
+    POST is retried too: the client sends an ``Idempotency-Key`` with every
+    submission, so a retried POST gets the job the first try made (answered 200)
+    rather than a second job.
+    """
+    return GatewayRetry(
+        total=total,
+        status_forcelist=RETRY_STATUSES,
+        allowed_methods=Retry.DEFAULT_ALLOWED_METHODS | {"POST"},
+        backoff_factor=backoff_factor,
+        backoff_max=backoff_max,
+        respect_retry_after_header=True,
+        # Hand back the last 502/503/504 rather than raising: its body says why.
+        raise_on_status=False,
+    )
+
+
+def make_session(retry=None):
+    """Return a ``requests.Session`` that retries with ``retry`` (default :func:`make_retry`)."""
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry if retry is not None else make_retry())
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = f"datajobs-harvester/{__version__}"
+    return session
+
+
+def attempt_timeout(timeout, deadline):
+    """Return ``timeout`` (connect, read) shortened so an attempt ends near ``deadline``."""
+    connect, read = timeout
+    left = remaining(deadline)
+    if left == float("inf"):
+        return connect, read
+    left = max(left, MIN_ATTEMPT_TIMEOUT)
+    return min(connect, left), min(read, left)
+
+
+def send(session, method, url, *, timeout=DEFAULT_TIMEOUT, deadline=None, **kwargs):
+    """Send one request through ``session`` and return the response, whatever its status.
+
+    Raises:
+        GatewayUnreachable: the retries are exhausted (connection errors, timeouts).
+    """
+    token = _deadline.set(deadline)
+    try:
+        return session.request(method, url, timeout=attempt_timeout(timeout, deadline), **kwargs)
+    except (
+        requests.ConnectionError,
+        requests.Timeout,
+        requests.exceptions.RetryError,
+        requests.exceptions.ChunkedEncodingError,
+    ) as exc:
+        raise GatewayUnreachable(f"{method} {url} failed: {_reason(exc)}") from exc
+    finally:
+        _deadline.reset(token)
+
+
+def _reason(exc):
+    """The innermost useful text of a requests exception (its urllib3 ``MaxRetryError`` reason)."""
+    inner = exc.args[0] if exc.args else exc
+    reason = getattr(inner, "reason", None) or inner
+    text = str(reason)
+    # "HTTPConnection(host='127.0.0.1', port=1): Failed to establish..." -> "Failed to establish..."
+    return text.split("): ", 1)[1] if text.startswith("HTTP") and "): " in text else text
+
+
+def retry_until(call, *, deadline, interval, retry_on=(GatewayUnreachable,), what="request"):
+    """Return ``call()``, calling it again every ``interval`` seconds while it raises ``retry_on``.
+
+    Gives up, re-raising the last error, once ``deadline`` (a ``time.monotonic()``
+    value, or None for never) has passed. Each failure is logged at WARNING.
+    """
+    while True:
+        try:
+            return call()
+        except retry_on as exc:
+            if remaining(deadline) <= 0:
+                raise
+            log.warning("%s failed: %s. Trying again in %.1f s.", what.capitalize(), exc, interval)
+        sleep_until(interval, deadline)
+
+
+def sleep_until(interval, deadline):
+    """Sleep ``interval`` seconds, or until ``deadline`` if that comes first."""
+    time.sleep(max(0.0, min(interval, remaining(deadline))))
+
+
+def check_token(token):
+    """Return ``token`` if it can be sent as ``Authorization: Bearer <token>``.
+
+    Raises:
+        ValueError: it is empty or holds spaces, control or non-ASCII characters.
+            The message never shows the token.
+    """
+    if not isinstance(token, str) or not TOKEN_PATTERN.fullmatch(token):
+        raise ValueError(
+            "The token cannot be sent in an HTTP header: it must be non-empty visible ASCII "
+            "without spaces (it is not shown here)."
+        )
+    return token
+
+
+class BearerAuth(AuthBase):
+    """``requests`` auth that sends ``Authorization: Bearer <token>``; its repr hides the token."""
+
+    def __init__(self, token):
+        self._token = check_token(token)
+
+    def __call__(self, request):
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def redact(self, value):
+        """Return ``value`` (text or any JSON value) with the token replaced by ``***``, should a server echo it."""
+        if isinstance(value, str):
+            return value.replace(self._token, "***")
+        # The token is visible ASCII: in JSON text it is itself, but for " and \ escaped.
+        return json.loads(json.dumps(value).replace(json.dumps(self._token)[1:-1], "***"))
+
+    def __repr__(self):
+        return "BearerAuth(token=***)"
