@@ -214,6 +214,12 @@ def _finish(harvest, call, as_json):
     sys.exit(code)
 
 
+def _poll_option(text):
+    return click.option(
+        "--poll-interval", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True, help=text
+    )
+
+
 def _json_option(command):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(command)
 
@@ -257,13 +263,7 @@ def main():
 @_output_options
 @_gateway_option
 @_token_option
-@click.option(
-    "--poll-interval",
-    type=click.FloatRange(min=0, min_open=True),
-    default=2.0,
-    show_default=True,
-    help="Seconds between two polls of the job.",
-)
+@_poll_option("Seconds between two polls of the job.")
 @_timeout_option(
     "Give up this many seconds after starting, upload, job and download together "
     "(exit 3, or 4 if the gateway is unreachable)."
@@ -315,13 +315,7 @@ def run(source, ops, operations_file, output, force, raw_csv, gateway, token, po
 @_output_options
 @_gateway_option
 @_token_option
-@click.option(
-    "--poll-interval",
-    type=click.FloatRange(min=0, min_open=True),
-    default=2.0,
-    show_default=True,
-    help="Seconds between two tries when the gateway is unreachable.",
-)
+@_poll_option("Seconds between two tries when the gateway is unreachable.")
 @_timeout_option("Give up this many seconds after starting (exit 4 if the gateway is unreachable).")
 @_json_option
 def fetch(job_id, output, force, raw_csv, gateway, token, poll_interval, timeout, as_json):
