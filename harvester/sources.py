@@ -262,7 +262,7 @@ class Source:
                     except StopIteration:
                         break
                 reading.gate.taken()
-                yield from _bounded(batch)
+                yield from bounded(batch)
         except pa.ArrowInvalid as exc:
             found = _CONVERSION_ERROR.search(str(exc))
             if not found:
@@ -361,7 +361,7 @@ class Source:
     def _binary_batches(self, batches):
         try:
             for batch in batches:
-                for piece in _bounded(batch):
+                for piece in bounded(batch):
                     self.done += piece.num_rows
                     yield _normal_batch(piece)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -518,13 +518,14 @@ def _wider_csv_type(current, value):
     return pa.string()
 
 
-def _bounded(batch):
-    """Yield ``batch`` in slices of at most about :data:`BATCH_BYTES`."""
+def bounded(batch, most_bytes=None):
+    """Yield ``batch`` in slices of at most about ``most_bytes`` (default :data:`BATCH_BYTES`)."""
+    most_bytes = most_bytes or BATCH_BYTES
     size = batch.nbytes
-    if size <= BATCH_BYTES or batch.num_rows <= 1:
+    if size <= most_bytes or batch.num_rows <= 1:
         yield batch
         return
-    step = max(1, batch.num_rows * BATCH_BYTES // size)
+    step = max(1, batch.num_rows * most_bytes // size)
     for start in range(0, batch.num_rows, step):
         yield batch.slice(start, step)
 

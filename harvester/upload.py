@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from harvester.errors import GatewayError, HarvesterError, ServerError
-from harvester.sources import Retyped
+from harvester.sources import Retyped, bounded
 from harvester.transport import retry_until
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def split_parts(batches, schema, part_bytes=PART_BYTES, on_batch=None):
     """
     number, part = 0, None
     for batch in batches:
-        for piece in _slices(batch, part_bytes // 2):
+        for piece in bounded(batch, part_bytes // 2):
             if part is None:
                 part = _PartWriter(schema, part_bytes)
             part.write(piece)
@@ -110,14 +110,6 @@ class _PartWriter:
         return Part(number, self.rows, memoryview(self.buffer.slice(0, self.sink.tell())))
 
 
-def _slices(batch, most_bytes):
-    size = batch.nbytes
-    if size <= most_bytes or batch.num_rows <= 1:
-        yield batch
-        return
-    step = max(1, batch.num_rows * most_bytes // size)
-    for start in range(0, batch.num_rows, step):
-        yield batch.slice(start, step)
 
 
 class Upload:
