@@ -6,6 +6,8 @@ Start it with ``flask --app app run`` (development) or
 
 from flask import Flask, request
 
+from app import waiting
+from app.taskmeta import TaskMeta
 from workers import datastore, jobstore, logs, settings
 from workers.datasets import DatasetStore
 from workers.operations import load_modules
@@ -49,6 +51,10 @@ def create_app(test_config=None):
         redis_socket_connect_timeout=1,
         redis_socket_timeout=5,
     )
+
+    backend = app.extensions["celery"].backend  # one per process (Celery.backend is one per thread)
+    app.extensions["task_meta"] = TaskMeta(backend, app.extensions["jobstore"], settings.result_backend(app.config))
+    app.extensions["job_events"] = waiting.JobEvents(waiting.subscriptions_for(redis_client, backend))
 
     from app import auth, datasets, errors, health, jobs, openapi, operations, results
 

@@ -2,13 +2,16 @@
 
 import contextlib
 import hashlib
+import json
 import logging
+import math
 import re
+import time
 
 from billiard.exceptions import WorkerLostError
 from celery import states
 from celery.exceptions import TimeLimitExceeded
-from flask import Blueprint, current_app, request, url_for
+from flask import Blueprint, Response, current_app, request, url_for
 
 from app.auth import current_owner
 from app.datasets import find as find_dataset
@@ -30,6 +33,8 @@ bp = Blueprint("jobs", __name__)
 SMALL_INLINE_BYTES = 1024 * 1024
 #: What an ``Idempotency-Key`` may be: 1 to 255 visible ASCII characters.
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+#: ``Retry-After`` of the body of a job that has not ended: when a client that does not wait should ask again.
+POLL_AFTER_SECONDS = 1
 
 
 def _store():
@@ -38,6 +43,10 @@ def _store():
 
 def _celery():
     return current_app.extensions["celery"]
+
+
+def _task_meta():
+    return current_app.extensions["task_meta"]
 
 
 @bp.post("/jobs")
@@ -50,6 +59,7 @@ def submit():
     instead of creating another; the same key with another body is a 409.
     """
     key = _idempotency_key()
+    wait = _wait_seconds()
     job = read_job(request, current_app.config)
     owner, store, job_id = current_owner(), _store(), new_job_id()
     if job.dataset_id is not None:
@@ -87,6 +97,10 @@ def submit():
     rows = input_ref["rows"]
     log.info("job %s accepted: %d records, %d operations", job_id, rows, len(steps))
     location = url_for("jobs.show", job_id=job_id)
+    if wait is not None:
+        body = _await(job_id, wait, lambda body: JobStatus(body["status"]).is_terminal)
+        if body is not None and JobStatus(body["status"]).is_terminal:
+            return _job_response(body, headers={"Location": location}, conditional=False)
     body = {
         "job_id": job_id,
         "status": JobStatus.STARTED.value,
@@ -145,16 +159,33 @@ def _replay(key, job_id, digest, new_digest):
     if record is None:  # the job expired before its key did
         return error_response(404, "job_not_found", f"The job this Idempotency-Key created ({job_id}) has expired.")
     log.info("job %s: returned again for a retried request (Idempotency-Key)", job_id)
-    return _job_body(job_id, record), 200, {"Location": url_for("jobs.show", job_id=job_id)}
+    return _job_response(_job_body(job_id, record), headers={"Location": url_for("jobs.show", job_id=job_id)},
+                         conditional=False)
 
 
 @bp.get("/jobs/<job_id>")
 def show(job_id):
-    """Report a job's status, progress, timestamps, and its data or error once it has ended."""
-    record = _find(job_id)
+    """Report a job's status, progress, timestamps, and its data or error once it has ended.
+
+    With ``?wait=S`` the answer waits, up to S seconds, for the job to end, or, when the
+    request names the body it has with ``If-None-Match``, for the body to change.
+    ``If-None-Match`` naming the body as it is (when the wait runs out) answers 304.
+    """
+    wait = _wait_seconds()
+    record, meta = _lookup(job_id)
     if record is None:
         return _not_found(job_id)
-    return _job_body(job_id, record)
+    if wait is None:
+        return _job_response(_job_body(job_id, record, meta))
+    seen = request.if_none_match
+
+    def changed(body):
+        return JobStatus(body["status"]).is_terminal or (bool(seen) and not seen.contains_weak(etag(body)))
+
+    body = _await(job_id, wait, changed)
+    if body is None:  # deleted or expired while we waited
+        return _not_found(job_id)
+    return _job_response(body)
 
 
 @bp.delete("/jobs/<job_id>")
@@ -178,31 +209,95 @@ def cancel(job_id):
             job_status=status,
         )
     log.info("job %s cancelled by request", job_id)
-    return _job_body(job_id, store.get(job_id))
+    return _job_response(_job_body(job_id, store.get(job_id)), conditional=False)
+
+
+def _wait_seconds():
+    """The ``wait`` query parameter in seconds (0 < S <= ``MAX_WAIT_SECONDS``), or None when there is none."""
+    text = request.args.get("wait")
+    if text is None:
+        return None
+    limit = current_app.config["MAX_WAIT_SECONDS"]
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= limit:  # also refuses nan
+        raise InvalidRequest(
+            "invalid_parameter",
+            f"The 'wait' query parameter must be a number of seconds above 0 and at most {limit:g} "
+            "(MAX_WAIT_SECONDS).",
+            parameter="wait",
+        )
+    return seconds
+
+
+def _await(job_id, seconds, done):
+    """Read job ``job_id`` until ``done(body)`` or ``seconds`` pass; return the last body (None once it is gone).
+
+    Between two reads the request sleeps until this process's subscription says the job
+    may have changed (``app/waiting.py``): Redis is read on a change, never on a timer.
+    """
+    deadline = time.monotonic() + seconds
+    with current_app.extensions["job_events"].watch(job_id) as changed:
+        while True:
+            changed.clear()  # before the read: a change from here on wakes the wait below
+            record, meta = _lookup(job_id)
+            if record is None:
+                return None
+            body = _job_body(job_id, record, meta)
+            left = deadline - time.monotonic()
+            if done(body) or left <= 0:
+                return body
+            changed.wait(left)
+
+
+def etag(body):
+    """The entity tag of a job body: it changes whenever anything in the body does (status, progress, phase...)."""
+    return hashlib.blake2b(json.dumps(body, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+
+def _job_response(body, status=200, headers=None, conditional=True):
+    """A job body with its ``ETag`` (and ``Retry-After`` until it ends); 304 when ``If-None-Match`` names it."""
+    tag = etag(body)
+    headers = {"ETag": f'"{tag}"', **(headers or {})}
+    if not JobStatus(body["status"]).is_terminal:
+        headers["Retry-After"] = str(POLL_AFTER_SECONDS)
+    if conditional and request.if_none_match.contains_weak(tag):
+        return Response(status=304, headers=headers)
+    return body, status, headers
 
 
 def current_status(job_id, record):
     """The :class:`JobStatus` of a job now: its record's outcome, else what Celery says."""
     if record.get("outcome"):
         return job_status(record, None)
-    return job_status(record, _celery().backend.get_task_meta(job_id)["status"])
+    return job_status(record, _task_meta().meta(job_id)["status"])
 
 
 def _find(job_id):
     """The record of ``job_id`` if it exists and this request's token may see it, else None."""
-    record = _store().get(job_id) if is_job_id(job_id) else None
+    return _lookup(job_id, meta=False)[0]
+
+
+def _lookup(job_id, meta=True):
+    """``(record, Celery task meta)`` of ``job_id`` if it exists and this request's token may see it, else
+    ``(None, None)``; one round trip to Redis in the usual setup (``app/taskmeta.py``)."""
+    if not is_job_id(job_id):
+        return None, None
+    record, task = _task_meta().read(job_id) if meta else (_store().get(job_id), None)
     if record is None or record.get("owner", "") != current_owner():
-        return None
-    return record
+        return None, None
+    return record, task
 
 
 def _not_found(job_id):
     return error_response(404, "job_not_found", f"No job with id {job_id!r}: unknown, or expired.")
 
 
-def _job_body(job_id, record):
-    """The body of ``GET /jobs/<id>``: the record says how a job ended, Celery how far it has got."""
-    meta = _celery().backend.get_task_meta(job_id)
+def _job_body(job_id, record, meta=None):
+    """The body of ``GET /jobs/<id>``: the record says how a job ended, Celery (``meta``) how far it has got."""
+    meta = meta if meta is not None else _task_meta().meta(job_id)
     if not record.get("outcome") and meta["status"] in states.READY_STATES:
         # The job ended between the two reads; the worker writes the record first.
         record = _store().get(job_id) or record

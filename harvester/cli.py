@@ -18,7 +18,7 @@ import sys
 import click
 
 from harvester import __version__
-from harvester.client import GatewayClient
+from harvester.client import DEFAULT_MAX_WAIT, GatewayClient
 from harvester.errors import (
     GatewayError,
     GatewayUnreachable,
@@ -263,13 +263,23 @@ def main():
 @_output_options
 @_gateway_option
 @_token_option
-@_poll_option("Seconds between two polls of the job.")
+@_poll_option("Seconds between two polls of the job, against a gateway that does not wait (or with --max-wait 0).")
+@click.option(
+    "--max-wait",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_MAX_WAIT,
+    show_default=True,
+    help="Longest wait, in seconds, of one request for news of the job (GET /jobs/<id>?wait=): the gateway "
+    "answers as soon as the job changes. 0 polls instead.",
+)
 @_timeout_option(
     "Give up this many seconds after starting, upload, job and download together "
     "(exit 3, or 4 if the gateway is unreachable)."
 )
 @_json_option
-def run(source, ops, operations_file, output, force, raw_csv, gateway, token, poll_interval, timeout, as_json):
+def run(
+    source, ops, operations_file, output, force, raw_csv, gateway, token, poll_interval, max_wait, timeout, as_json
+):
     """Upload SOURCE, run operations on it, wait for the job, and write what it returns.
 
     SOURCE is a .csv, .tsv, .json (array of objects), .jsonl (or .ndjson),
@@ -302,6 +312,7 @@ def run(source, ops, operations_file, output, force, raw_csv, gateway, token, po
         operations,
         output=output,
         poll_interval=poll_interval,
+        max_wait=max_wait,
         timeout=timeout,
         neutralise_formulas=not raw_csv,
         force=force,

@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 
 #: Media type of the parts the harvester uploads and of the results it downloads.
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+#: Longest wait, in seconds, of one ``GET /jobs/<id>?wait=`` (the gateway allows up to its ``MAX_WAIT_SECONDS``).
+DEFAULT_MAX_WAIT = 30.0
+#: A wait shorter than this (at the very end of a deadline) is a plain look instead.
+MIN_WAIT_SECONDS = 0.05
+#: Seconds a waiting request's read timeout allows beyond its wait.
+WAIT_MARGIN_SECONDS = 10.0
 
 
 class GatewayClient:
@@ -247,31 +253,77 @@ class GatewayClient:
         """Return the gateway's ``GET /health`` answer."""
         return self._json("GET", "/health", deadline=deadline)
 
-    def wait(self, job_id, *, poll_interval=2.0, deadline=None, on_change=None):
-        """Poll ``GET /jobs/<id>`` every ``poll_interval`` seconds until the job completes or fails.
+    def look(self, job_id, *, wait=None, etag=None, deadline=None):
+        """``GET /jobs/<id>``, waiting at the gateway up to ``wait`` seconds for the job to change from ``etag``.
+
+        Returns ``(job, etag)``: ``job`` is None when the gateway answered 304 (the body
+        named by ``etag`` is still current); ``etag`` is None from a gateway that does not
+        tag (nor wait on) job bodies.
+
+        Raises:
+            JobNotFound, GatewayError, ServerError, GatewayUnreachable: as for :meth:`job`.
+        """
+        path, headers, timeout = self._job_path(job_id), {}, self.timeout
+        if wait is not None:
+            path += f"?wait={wait:g}"
+            timeout = (timeout[0], max(timeout[1], wait + WAIT_MARGIN_SECONDS))  # the answer may take `wait`
+        if etag is not None:
+            headers["If-None-Match"] = etag
+        try:
+            response = self._send("GET", path, deadline=deadline, headers=headers, timeout=timeout)
+        except GatewayError as exc:
+            if exc.status == 404:
+                raise JobNotFound(exc.status, exc.code, exc.message, exc.details) from None
+            raise
+        tag = response.headers.get("ETag")
+        return (None if response.status_code == 304 else self._body(response)), tag
+
+    def wait(self, job_id, *, poll_interval=2.0, max_wait=DEFAULT_MAX_WAIT, deadline=None, on_change=None):
+        """Follow ``GET /jobs/<id>`` until the job completes or fails; return its last answer.
+
+        Each request waits at the gateway for the job to change (``?wait=`` up to
+        ``max_wait`` seconds, with ``If-None-Match``), so a change is seen as it happens.
+        With ``max_wait`` 0, or against a gateway that does not wait (its answers carry
+        no ``ETag``), the job is polled every ``poll_interval`` seconds instead.
 
         Args:
             on_change: called with the job each time its status or its progress
                 (operations done, chunks done, phase) changes, including the first answer.
 
-        Returns the last answer (status ``completed`` or ``failed``). While the
-        deadline holds, an unreachable gateway or a 5xx is logged and polled again
-        at the next interval.
+        While the deadline holds, an unreachable gateway or a 5xx is logged and tried
+        again every ``poll_interval`` seconds.
 
         Raises:
             JobTimeout: the deadline passed while the job was still running.
-            GatewayUnreachable, ServerError: the last poll, at the deadline, failed.
+            GatewayUnreachable, ServerError: the last try, at the deadline, failed.
             JobNotFound, GatewayError: the gateway does not know the job, or refused.
         """
-        seen = None
+        seen, job, tag, waits = None, None, None, max_wait > 0
         while True:
-            job = retry_until(
-                lambda: self.job(job_id, deadline=deadline),
-                deadline=deadline,
-                interval=poll_interval,
-                retry_on=(GatewayUnreachable, ServerError),
-                what=f"polling job {job_id}",
-            )
+            # The first look does not wait: it brings the body (and tag) that later looks wait to change from.
+            seconds = min(max_wait, remaining(deadline)) if waits and tag else None
+            if seconds is not None and seconds < MIN_WAIT_SECONDS:
+                seconds = None
+            try:
+                answer, new_tag = retry_until(
+                    lambda: self.look(job_id, wait=seconds, etag=tag if seconds else None, deadline=deadline),
+                    deadline=deadline,
+                    interval=poll_interval,
+                    retry_on=(GatewayUnreachable, ServerError),
+                    what=f"following job {job_id}",
+                )
+            except GatewayError as exc:
+                if not (seconds and exc.status == 400 and (exc.details or {}).get("parameter") == "wait"):
+                    raise
+                log.info("The gateway refused to wait %g s (%s); polling job %s instead.", seconds, exc.message, job_id)
+                waits = False
+                continue
+            if answer is not None:
+                job = answer
+            if new_tag is None and waits:
+                log.info("The gateway does not wait on jobs; polling job %s every %g s.", job_id, poll_interval)
+                waits = False
+            tag = new_tag
             status = job_status(job)
             progress = job.get("progress") or {}
             now = (status, *(progress.get(key) for key in ("operations_done", "chunks_done", "phase")))
@@ -282,16 +334,18 @@ class GatewayClient:
                 return job
             if remaining(deadline) <= 0:
                 raise JobTimeout(job_id, job)
-            sleep_until(poll_interval, deadline)
+            if not waits:
+                sleep_until(poll_interval, deadline)
 
     def _json(self, method, path, *, deadline=None, **kwargs):
         """Send a request to the gateway and return its JSON body, or raise the fitting error."""
         return self._body(self._send(method, path, deadline=deadline, **kwargs))
 
-    def _send(self, method, path, *, deadline=None, **kwargs):
+    def _send(self, method, path, *, deadline=None, timeout=None, **kwargs):
         """Send a request to the gateway and return its (2xx or 3xx) response, or raise the fitting error."""
         url = self.base_url + path
-        response = send(self.session, method, url, timeout=self.timeout, deadline=deadline, auth=self.auth, **kwargs)
+        timeout = timeout or self.timeout
+        response = send(self.session, method, url, timeout=timeout, deadline=deadline, auth=self.auth, **kwargs)
         if response.status_code in RETRY_STATUSES:
             error = self._error(response)
             raise GatewayUnreachable(f"{method} {url} kept answering {error.status} ({error.code}: {error.message})")

@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime, timezone
 
 from harvester import io, upload
+from harvester.client import DEFAULT_MAX_WAIT
 from harvester.download import download
 from harvester.errors import GatewayError, HarvesterError, InputError, JobTimeout
 from harvester.manifest import build_manifest, manifest_path
@@ -43,7 +44,9 @@ class Harvest:
         source: path or http(s) URL of the dataset (None for :meth:`fetch`).
         operations: the job's operations, in the gateway's format.
         output: path to write the processed records to, or None to write nothing.
-        poll_interval: seconds between two polls (and two tries of an unreachable gateway).
+        poll_interval: seconds between two polls of a gateway that does not wait, and two tries of an
+            unreachable one.
+        max_wait: longest wait of one request for news of the job (``GET /jobs/<id>?wait=``); 0 polls.
         timeout: seconds from the start after which it gives up: upload, job and download together.
         neutralise_formulas: CSV output only: write text cells a spreadsheet would
             run as formulas with a leading ``'`` (:mod:`harvester.formulas`).
@@ -63,6 +66,7 @@ class Harvest:
         *,
         output=None,
         poll_interval=2.0,
+        max_wait=DEFAULT_MAX_WAIT,
         timeout=300.0,
         neutralise_formulas=True,
         force=False,
@@ -71,6 +75,7 @@ class Harvest:
     ):
         self.client, self.source, self.operations = client, source, operations
         self.output, self.poll_interval, self.timeout = output, poll_interval, timeout
+        self.max_wait = max_wait
         self.neutralise_formulas, self.force = neutralise_formulas, force
         self.display = display or Display()
         self.part_bytes = part_bytes or upload.PART_BYTES
@@ -200,7 +205,11 @@ class Harvest:
         self._job_task = self.display.task(f"Job {self.job_id[:8]}", total=None, unit="chunks")
         try:
             job = self.client.wait(
-                self.job_id, poll_interval=self.poll_interval, deadline=deadline, on_change=self._on_change
+                self.job_id,
+                poll_interval=self.poll_interval,
+                max_wait=self.max_wait,
+                deadline=deadline,
+                on_change=self._on_change,
             )
         except JobTimeout as exc:
             self.job = exc.job

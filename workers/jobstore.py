@@ -19,6 +19,11 @@ Redis keys (all built by :func:`key_for` and :func:`dataset_key`, all expiring a
 - ``datajobs:joins``            sorted set: segments whose chunks are all done, by when (:data:`FANOUT_INDEX`)
 - ``datajobs:lock:sweeper``     the lock of the worker sweeping overdue joins (:data:`SWEEPER_LOCK`)
 
+Pub/sub: every change to a job record that shows in ``GET /jobs/<id>`` (a start, its end, its result
+freed) publishes the job id on ``datajobs:events`` (:data:`EVENTS_CHANNEL`), in the same round trip as
+the change; progress reaches waiters through Celery's own publish on ``celery-task-meta-<id>``
+(``app/waiting.py``).
+
 Chunk names in the data store (built by :func:`chunk_name`): ``datasets/<id>/p<part>-<n>.arrow``,
 ``jobs/<id>/input-<n>.arrow`` (an inline dataset, deleted when the job ends) and
 ``jobs/<id>/output-<n>.arrow``.
@@ -61,6 +66,8 @@ def dataset_key(dataset_id):
 FANOUT_INDEX = f"{KEY_PREFIX}:joins"
 #: Lock held by the one worker sweeping at a time.
 SWEEPER_LOCK = f"{KEY_PREFIX}:lock:sweeper"
+#: Pub/sub channel on which a job's id is published whenever its record changes (waiters wake on it).
+EVENTS_CHANNEL = f"{KEY_PREFIX}:events"
 
 
 def chunk_name(kind, owner_id, section, index):
@@ -91,6 +98,10 @@ def utcnow():
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: Redis connections one gateway process holds at most, and seconds a request waits for one (then 503).
+GATEWAY_CONNECTIONS, GATEWAY_POOL_TIMEOUT = 50, 2.0
+
+
 def connect(url=None, patient=False):
     """A Redis client for ``url`` (default: the ``REDIS_URL`` setting).
 
@@ -99,18 +110,18 @@ def connect(url=None, patient=False):
     is ``patient``: it retries for about half a minute, so a job finishing
     during a short outage still stores its outcome once Redis is back.
     """
-    retry = (
-        Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=40)
-        if patient
-        else Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=2)
+    options = {"socket_connect_timeout": 1, "socket_timeout": 10, "health_check_interval": 30}
+    url = url or settings.get("REDIS_URL")
+    if patient:
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=40)
+        return redis.Redis.from_url(url, retry=retry, **options)
+    # The gateway's requests share a bounded pool and queue for a connection (a thousand waiters
+    # woken at once, under gevent), rather than open one each or fail past redis-py's 100.
+    retry = Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=2)
+    pool = redis.BlockingConnectionPool.from_url(
+        url, max_connections=GATEWAY_CONNECTIONS, timeout=GATEWAY_POOL_TIMEOUT, retry=retry, **options
     )
-    return redis.Redis.from_url(
-        url or settings.get("REDIS_URL"),
-        socket_connect_timeout=1,
-        socket_timeout=10,
-        health_check_interval=30,
-        retry=retry,
-    )
+    return redis.Redis(connection_pool=pool, retry=retry)
 
 
 class JobStore:
@@ -175,7 +186,17 @@ class JobStore:
 
     def get(self, job_id):
         """Return the record of ``job_id`` as a dict, or None when there is none (unknown or expired)."""
-        raw = self.redis.hgetall(key_for(job_id))
+        return self._decode(self.redis.hgetall(key_for(job_id)))
+
+    def get_with(self, job_id, key):
+        """Return the record of ``job_id`` (as :meth:`get`) and the value at ``key``, read in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(key_for(job_id))
+            pipe.get(key)
+            raw, value = pipe.execute()
+        return self._decode(raw), value
+
+    def _decode(self, raw):
         if not raw:
             return None
         record = {k.decode(): v.decode() for k, v in raw.items()}
@@ -192,7 +213,10 @@ class JobStore:
         record = self.get(job_id)
         if not record or not record.get("output") or record.get("result_deleted_at"):
             return False
-        self.redis.hset(key_for(job_id), mapping={"result_deleted_at": utcnow(), "inline": "null"})
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key_for(job_id), mapping={"result_deleted_at": utcnow(), "inline": "null"})
+            pipe.publish(EVENTS_CHANNEL, job_id)
+            pipe.execute()
         self.data.delete(self.owned_chunks(record, ("output",)))
         return True
 
@@ -201,7 +225,8 @@ class JobStore:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(key_for(job_id), "started_at", utcnow())
             pipe.hincrby(key_for(job_id), "attempts", 1)
-            _, attempts = pipe.execute()
+            pipe.publish(EVENTS_CHANNEL, job_id)
+            _, attempts, _ = pipe.execute()
         return attempts
 
     def is_finished(self, job_id):
@@ -249,6 +274,7 @@ class JobStore:
             pipe.multi()
             pipe.hset(key, mapping=self._encode(fields))
             pipe.expire(key, self.ttl)
+            pipe.publish(EVENTS_CHANNEL, job_id)
             return True
 
         done = self.redis.transaction(finish, key, value_from_callable=True)

@@ -44,6 +44,8 @@ SETTINGS = {
                 "worker process takes.", int),
         Setting("DATA_STORE_URL", "redis", "Where chunks are stored: `redis` (the job store's Redis), "
                 "`file:///shared/path` (a directory every worker host mounts) or `s3://bucket/prefix`."),
+        Setting("MAX_WAIT_SECONDS", 60.0, "Longest wait `GET /jobs/<id>?wait=S` and `POST /jobs?wait=S` may ask "
+                "for, in seconds.", float),
         Setting("INLINE_RESULT_ROWS", 1000, "Most result rows `GET /jobs/<id>` returns inline in `data.data`; "
                 "larger results are fetched from `GET /jobs/<id>/result`.", int),
         # Who may see what.

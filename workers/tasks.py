@@ -398,7 +398,7 @@ def _rounded(entry):
 
 def _step_reporter(progress):
     def report(done, current):
-        progress.update(operations_done=done, current_operation=current)
+        progress.update(operations_done=done, current_operation=current, phase=Phase.RUNNING.value)
 
     return report
 

@@ -128,7 +128,10 @@ class FakeGateway:
     def _next(self, request):
         with self._lock:
             self.requests.append(request)
-            script = self._scripts.get((request.method, request.path))
+            # A script for the path with its query, else for the path alone (a gateway that ignores `?wait=`).
+            script = self._scripts.get((request.method, request.path)) or self._scripts.get(
+                (request.method, urlsplit(request.path).path)
+            )
             if script:
                 answer = script.pop(0) if len(script) > 1 else script[0]
             else:
@@ -1207,7 +1210,7 @@ def test_polling_rides_out_an_outage_and_writes_the_output(gateway, source, tmp_
     assert 1 <= time.monotonic() - started < 10  # Retry-After: 1 was honoured, the deadline was not waited for
     assert len(gateway.seen("GET", JOB_PATH)) == 1 + 5 + 4 + 1
     assert "answered 503; retrying" in result.stderr
-    assert f"Polling job {JOB_ID} failed" in result.stderr and "kept answering 503" in result.stderr
+    assert f"Following job {JOB_ID} failed" in result.stderr and "kept answering 503" in result.stderr
     assert "Retrying" in result.stderr  # urllib3's warning after a dropped connection
     assert [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()] == OUTPUT
     assert json.loads((tmp_path / "out.jsonl.manifest.json").read_text())["rows_out"] == 2
