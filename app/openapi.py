@@ -355,9 +355,36 @@ _VALIDATION_CODES = [
 ]
 
 _LOCATION = {"Location": {"required": True, "description": "GET this to follow the job.", "schema": {"type": "string"}}}
+_ETAG = {
+    "ETag": {
+        "required": True,
+        "description": "Changes whenever anything in the job's body does (status, progress, phase...): send it "
+        "back in If-None-Match.",
+        "schema": {"type": "string"},
+    }
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "required": False,
+        "description": "On the body of a job that has not ended: seconds after which a client that does not wait "
+        "should ask again.",
+        "schema": _INT,
+    }
+}
 
 
-def _submit(operation_id, summary, deprecated=False):
+def _wait_parameter(config, what):
+    return {
+        "name": "wait",
+        "in": "query",
+        "required": False,
+        "description": f"Seconds to wait, {what}. Above 0 and at most {config['MAX_WAIT_SECONDS']:g} "
+        "(MAX_WAIT_SECONDS), else 400 invalid_parameter. The wait is woken by Redis pub/sub, not by polling.",
+        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": config["MAX_WAIT_SECONDS"]},
+    }
+
+
+def _submit(config, operation_id, summary, deprecated=False):
     op = {
         "operationId": operation_id,
         "tags": ["jobs"],
@@ -373,7 +400,9 @@ def _submit(operation_id, summary, deprecated=False):
                 "the same key with another body is 409 idempotency_key_reused; a malformed key is 400 "
                 "invalid_idempotency_key.",
                 "schema": {"type": "string", "pattern": f"^(?:{IDEMPOTENCY_KEY.pattern})$"},
-            }
+            },
+            _wait_parameter(config, "after enqueueing, for the job to end: if it does, the answer is 200 with its "
+                            "final body, else 202 as without `wait`"),
         ],
         "requestBody": {
             "required": True,
@@ -387,11 +416,15 @@ def _submit(operation_id, summary, deprecated=False):
                 "links": _links("$response.body#/job_id", "job_id", JOB_LINKS),
             },
             "200": {
-                "description": "A retry with an Idempotency-Key already used with this body: the job it created.",
-                "headers": _LOCATION,
+                "description": "With `wait`, the job ended within it: its final body. Or a retry with an "
+                "Idempotency-Key already used with this body: the job it created.",
+                "headers": {**_LOCATION, **_ETAG},
                 "content": _json(_ref("Job")),
+                "links": _links("$response.body#/job_id", "job_id", JOB_LINKS),
             },
-            "400": _error("The job is invalid. Codes: " + ", ".join(_VALIDATION_CODES) + "."),
+            "400": _error(
+                "The job is invalid, or `wait` is (invalid_parameter). Codes: " + ", ".join(_VALIDATION_CODES) + "."
+            ),
             "401": _ref("Unauthorized", "responses"),
             "404": _error(
                 "`dataset_id` names no dataset this token may use (dataset_not_found), or a retry with an "
@@ -739,9 +772,9 @@ def _result_paths(job_id):
 def _paths(config):
     job_id = _id_parameter("job_id", "POST /jobs")
     return {
-        "/jobs": {"post": _submit("submitJob", "Submit a job: a dataset and the operations to run over it.")},
+        "/jobs": {"post": _submit(config, "submitJob", "Submit a job: a dataset and the operations to run over it.")},
         "/process": {
-            "post": _submit("submitJobLegacy", "The same as POST /jobs: the earlier route, kept for its clients.", True)
+            "post": _submit(config, "submitJobLegacy", "The same as POST /jobs: the earlier route, kept for its clients.", True)
         },
         "/jobs/{job_id}": {
             "parameters": [job_id],
@@ -749,8 +782,32 @@ def _paths(config):
                 "operationId": "getJob",
                 "tags": ["jobs"],
                 "summary": "A job's status, progress and timestamps; its data or error once it has ended.",
+                "parameters": [
+                    _wait_parameter(
+                        config,
+                        "for the job to end or, with If-None-Match, for its body to change from the one named "
+                        "there; when the wait runs out the answer is the body as it is (304 if unchanged)",
+                    ),
+                    {
+                        "name": "If-None-Match",
+                        "in": "header",
+                        "required": False,
+                        "description": "The ETag of the body the client has: 304 while it is still current.",
+                        "schema": {"type": "string"},
+                    },
+                ],
                 "responses": {
-                    "200": {"description": "The job.", "content": _json(_ref("Job"))},
+                    "200": {
+                        "description": "The job.",
+                        "headers": {**_ETAG, **_RETRY_AFTER},
+                        "content": _json(_ref("Job")),
+                    },
+                    "304": {
+                        "description": "The body named by If-None-Match is still current (when the wait, if any, "
+                        "ran out). No body.",
+                        "headers": {**_ETAG, **_RETRY_AFTER},
+                    },
+                    "400": _error("`wait` is not a number of seconds in range.", ["invalid_parameter"]),
                     "401": _ref("Unauthorized", "responses"),
                     "404": _ref("JobNotFound", "responses"),
                     "503": _ref("BackendUnavailable", "responses"),
@@ -763,6 +820,7 @@ def _paths(config):
                 "responses": {
                     "200": {
                         "description": "Cancelled: the job, with status cancelled.",
+                        "headers": _ETAG,
                         "content": _json(
                             {"allOf": [_ref("Job"), {"properties": {"status": {"const": JobStatus.CANCELLED.value}}}]}
                         ),

@@ -200,7 +200,8 @@ def test_every_error_response_is_the_error_shape(document):
 
 def _collection_app():
     celery = make_celery(broker_url="memory://", result_backend="cache+memory://")
-    return create_app({"TESTING": True, "REDIS": fakeredis.FakeRedis(), "CELERY": celery})
+    # Short waits in the document, so the cases made from it (which wait on jobs no worker runs) stay quick.
+    return create_app({"TESTING": True, "REDIS": fakeredis.FakeRedis(), "CELERY": celery, "MAX_WAIT_SECONDS": 0.05})
 
 
 # The document describes every upload format but a JSON array as a file of its media type
