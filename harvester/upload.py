@@ -9,8 +9,11 @@ a small one as one part.
 Each part is tried until the gateway acknowledges it or the deadline passes
 (the transport retries a PUT after a dropped connection or a 503; then
 :func:`~harvester.transport.retry_until` tries again every interval), so a
-broken upload goes on from the part that was not acknowledged. Only one part is
-held in memory at a time.
+broken upload goes on from the part that was not acknowledged. Parts are built
+on a thread of their own (:class:`_Ahead`) while the one before is being sent,
+so reading and compressing the source overlaps with the gateway storing the
+part before; memory holds the part being sent, at most :data:`PARTS_AHEAD`
+waiting, and the one being built.
 
 Sending part n again replaces it, so when the source turns out not to fit the
 types read from its start (:class:`~harvester.sources.Retyped`) the upload
@@ -20,6 +23,8 @@ upload then starts over in a new dataset.
 """
 
 import logging
+import queue
+import threading
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -32,7 +37,10 @@ from harvester.transport import retry_until
 log = logging.getLogger(__name__)
 
 #: Target size of one part, in bytes of compressed Arrow IPC (the gateway takes up to 64 MiB by default).
-PART_BYTES = 32 * 1024 * 1024
+#: Small enough that the gateway stores one part while the next is read and compressed.
+PART_BYTES = 8 * 1024 * 1024
+#: Parts built ahead of the one being sent (each waits in memory, about PART_BYTES).
+PARTS_AHEAD = 1
 #: Smallest part size the upload falls back to when the gateway answers 413 (it halves it each time).
 MIN_PART_BYTES = 256 * 1024
 #: How parts are written: buffers compressed with zstd.
@@ -63,7 +71,7 @@ def split_parts(batches, schema, part_bytes=PART_BYTES, on_batch=None):
     A part is cut after the batch that takes it to ``part_bytes``; batches larger
     than half of it are sliced first, so a part stays under about 1.5 times
     ``part_bytes`` whatever the batches. ``on_batch`` is called after each batch.
-    A part's body is valid until the next part is asked for.
+    Each part's body is a buffer of its own: parts may be kept while the next ones are built.
     """
     number, part = 0, None
     for batch in batches:
@@ -110,6 +118,82 @@ class _PartWriter:
         return Part(number, self.rows, memoryview(self.buffer.slice(0, self.sink.tell())))
 
 
+
+class _Stopped(Exception):
+    """The consumer of an :class:`_Ahead` has gone: the thread building parts stops."""
+
+
+class _Ahead:
+    """Iterate ``make(on_batch)`` (a generator of parts) on a thread of its own, up to :data:`PARTS_AHEAD` ahead.
+
+    What the generator raises (:class:`Retyped`, ``InputError``...) is raised by
+    the iteration here, in order, after the parts before it. Leaving the ``with``
+    block stops the thread (at the next batch it reads) and waits for it, before
+    the source is closed.
+    """
+
+    def __init__(self, make, on_batch=None):
+        self._make, self._on_batch = make, on_batch
+        self._queue = queue.Queue(maxsize=PARTS_AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="harvester-parts", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
+        while self._thread.is_alive():
+            self._drain()
+            self._thread.join(0.05)
+        self._drain()
+
+    def _drain(self):
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+
+    def __iter__(self):
+        while True:
+            kind, value = self._queue.get()
+            if kind == "part":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+
+    def _batch_read(self):
+        if self._stop.is_set():
+            raise _Stopped()
+        if self._on_batch is not None:
+            self._on_batch()
+
+    def _put(self, item):
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self):
+        parts = self._make(self._batch_read)
+        try:
+            for part in parts:
+                if not self._put(("part", part)):
+                    return
+            self._put(("end", None))
+        except _Stopped:
+            return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put(("error", exc))
+        finally:
+            parts.close()
 
 
 class Upload:
@@ -196,8 +280,11 @@ class Upload:
     def _send_all(self):
         """Send every part of one pass over the source; return (parts, rows, bytes)."""
         parts = rows = sent = 0
-        with self.source.batches() as batches:
-            for part in split_parts(batches, batches.schema, self.part_bytes, on_batch=self._report):
+        with self.source.batches() as batches, _Ahead(
+            lambda on_batch: split_parts(batches, batches.schema, self.part_bytes, on_batch=on_batch),
+            on_batch=self._report,
+        ) as ahead:
+            for part in ahead:
                 if self.dataset_id is None:
                     # Opened once the first part is ready, so a source that cannot be read leaves no dataset behind.
                     self._new_dataset()
