@@ -11,6 +11,7 @@ from app.taskmeta import TaskMeta
 from workers import datastore, jobstore, logs, settings
 from workers.datasets import DatasetStore
 from workers.operations import load_modules
+from workers.celery import ClientApp
 from workers.celery import make_app as make_celery
 
 
@@ -43,6 +44,7 @@ def create_app(test_config=None):
     app.extensions["jobstore"] = jobstore.JobStore(redis_client, ttl, data)
     app.extensions["datasets"] = DatasetStore(redis_client, data, ttl)
     app.extensions["celery"] = app.config.get("CELERY") or make_celery(
+        ClientApp,
         broker_url=settings.broker_url(app.config),
         result_backend=settings.result_backend(app.config),
         result_expires=app.config["JOB_TTL_SECONDS"],
@@ -52,7 +54,7 @@ def create_app(test_config=None):
         redis_socket_timeout=5,
     )
 
-    backend = app.extensions["celery"].backend  # one per process (Celery.backend is one per thread)
+    backend = app.extensions["celery"].backend
     app.extensions["task_meta"] = TaskMeta(backend, app.extensions["jobstore"], settings.result_backend(app.config))
     app.extensions["job_events"] = waiting.JobEvents(waiting.subscriptions_for(redis_client, backend))
 

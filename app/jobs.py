@@ -98,7 +98,7 @@ def submit():
     log.info("job %s accepted: %d records, %d operations", job_id, rows, len(steps))
     location = url_for("jobs.show", job_id=job_id)
     if wait is not None:
-        body = _await(job_id, wait, lambda body: JobStatus(body["status"]).is_terminal)
+        body = _await(job_id, wait, lambda body: JobStatus(body["status"]).is_terminal, ends_only=True)
         if body is not None and JobStatus(body["status"]).is_terminal:
             return _job_response(body, headers={"Location": location}, conditional=False)
     body = {
@@ -182,7 +182,7 @@ def show(job_id):
     def changed(body):
         return JobStatus(body["status"]).is_terminal or (bool(seen) and not seen.contains_weak(etag(body)))
 
-    body = _await(job_id, wait, changed)
+    body = _await(job_id, wait, changed, ends_only=not seen)
     if body is None:  # deleted or expired while we waited
         return _not_found(job_id)
     return _job_response(body)
@@ -232,14 +232,16 @@ def _wait_seconds():
     return seconds
 
 
-def _await(job_id, seconds, done):
+def _await(job_id, seconds, done, ends_only=False):
     """Read job ``job_id`` until ``done(body)`` or ``seconds`` pass; return the last body (None once it is gone).
+
+    ``ends_only``: ``done`` looks for the job's end only, so progress need not wake the request.
 
     Between two reads the request sleeps until this process's subscription says the job
     may have changed (``app/waiting.py``): Redis is read on a change, never on a timer.
     """
     deadline = time.monotonic() + seconds
-    with current_app.extensions["job_events"].watch(job_id) as changed:
+    with current_app.extensions["job_events"].watch(job_id, ends_only) as changed:
         while True:
             changed.clear()  # before the read: a change from here on wakes the wait below
             record, meta = _lookup(job_id)

@@ -20,12 +20,16 @@ listener and the events are greenlets, and ``flask --app app run`` (threads) wor
 """
 
 import contextlib
+import json
 import logging
 import os
 import threading
 import time
 
 import redis
+from celery import states
+
+from workers.jobstore import read_job_event
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +42,25 @@ RECONNECT_SECONDS, RECONNECT_CAP_SECONDS = 0.1, 2.0
 
 
 class Subscription:
-    """What one listener subscribes to on one Redis: ``channels`` whose messages are job ids,
-    and key ``prefixes`` whose channels end with a job id (``celery-task-meta-<id>``)."""
+    """What one listener subscribes to on one Redis: ``channels`` whose messages are job events
+    (:func:`workers.jobstore.job_event`), and key ``prefixes`` whose channels end with a job id
+    (``celery-task-meta-<id>``, whose messages are Celery's task meta as JSON)."""
 
     def __init__(self, client, channels=(), prefixes=()):
         self.client = client
         self.channels = [_text(channel) for channel in channels]
         self.prefixes = [_text(prefix) for prefix in prefixes]
 
-    def job_of(self, message):
-        """The job id a pub/sub ``message`` is about, or None."""
+    def event_of(self, message):
+        """``(job_id, ended)`` of a pub/sub ``message``, or ``(None, False)``."""
         if message["type"] == "message":
-            return _text(message["data"])
+            return read_job_event(_text(message["data"]))
         if message["type"] == "pmessage":
             channel = _text(message["channel"])
             for prefix in self.prefixes:
                 if channel.startswith(prefix):
-                    return channel[len(prefix):]
-        return None
+                    return channel[len(prefix):], _ended_state(message["data"])
+        return None, False
 
     @property
     def size(self):
@@ -67,24 +72,27 @@ class JobEvents:
 
     def __init__(self, subscriptions):
         self.subscriptions = list(subscriptions)
-        self._waiters = {}  # job id -> set of threading.Event
+        self._waiters = {}  # job id -> {threading.Event: ends_only}
         self._lock = threading.Lock()
         self._pid = None  # the process the listeners run in (gunicorn forks after the app is built)
         self._ready = []
 
     @contextlib.contextmanager
-    def watch(self, job_id):
-        """Yield an event that is set whenever ``job_id`` may have changed (clear it before each look)."""
+    def watch(self, job_id, ends_only=False):
+        """Yield an event that is set whenever ``job_id`` may have changed (clear it before each look).
+
+        ``ends_only``: set only when the job may have ended (a waiter that wants its end, not its progress).
+        """
         event = threading.Event()
         with self._lock:
-            self._waiters.setdefault(job_id, set()).add(event)
+            self._waiters.setdefault(job_id, {})[event] = ends_only
         try:
             self._listen()
             yield event
         finally:
             with self._lock:
-                waiters = self._waiters.get(job_id, set())
-                waiters.discard(event)
+                waiters = self._waiters.get(job_id, {})
+                waiters.pop(event, None)
                 if not waiters:
                     self._waiters.pop(job_id, None)
 
@@ -94,10 +102,10 @@ class JobEvents:
         with self._lock:
             return sum(len(events) for events in self._waiters.values())
 
-    def notify(self, job_id):
-        """Wake the waiters of ``job_id``."""
+    def notify(self, job_id, ended=True):
+        """Wake the waiters of ``job_id`` (only those that watch every change, unless it ``ended``)."""
         with self._lock:
-            events = list(self._waiters.get(job_id, ()))
+            events = [event for event, ends_only in self._waiters.get(job_id, {}).items() if ended or not ends_only]
         for event in events:
             event.set()
 
@@ -147,9 +155,9 @@ class JobEvents:
                             ready.set()
                             pause = RECONNECT_SECONDS
                         continue
-                    job_id = subscription.job_of(message)
+                    job_id, ended = subscription.event_of(message)
                     if job_id:
-                        self.notify(job_id)
+                        self.notify(job_id, ended)
             except redis.RedisError as exc:
                 log.warning("job events: lost the Redis subscription (%s); subscribing again", type(exc).__name__)
                 ready.clear()
@@ -166,6 +174,14 @@ class JobEvents:
 
 def _text(value):
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _ended_state(payload):
+    """Whether a Celery task meta (JSON) says the task is ready (ended); True when it cannot be read."""
+    try:
+        return json.loads(payload).get("status") in states.READY_STATES
+    except (ValueError, AttributeError):
+        return True
 
 
 def subscriptions_for(store_client, backend):

@@ -5,6 +5,8 @@ build a client of the same app with its own broker and backend URLs (from its
 config) without a second source of Celery settings.
 """
 
+from functools import cached_property
+
 from celery import Celery, signals
 from celery.exceptions import ImproperlyConfigured
 
@@ -16,9 +18,27 @@ RUN_CHUNK = "datajobs.run_chunk"
 CONTINUE_JOB = "datajobs.continue_job"
 
 
-def make_app(**overrides):
-    """Return a Celery app configured from ``celeryconfig``, then ``overrides``."""
-    app = Celery("datajobs")
+class ClientApp(Celery):
+    """The Celery app of a process that sends tasks and reads their states but never waits on one
+    with ``AsyncResult.get()`` (the gateway).
+
+    - One result backend for the process: ``Celery.backend`` is one per thread, so under gevent
+      one per request greenlet, each opening connections of its own.
+    - No result subscription per task sent: the Redis backend subscribes to every task's result
+      channel on ``send_task`` for a ``.get()`` nobody will call here (the gateway's waiters share
+      one subscription of their own, ``app/waiting.py``).
+    """
+
+    @cached_property
+    def backend(self):
+        backend = self._get_backend()
+        backend.on_task_call = lambda producer, task_id: None
+        return backend
+
+
+def make_app(app_class=Celery, **overrides):
+    """Return a Celery app (of ``app_class``) configured from ``celeryconfig``, then ``overrides``."""
+    app = app_class("datajobs")
     app.config_from_object("celeryconfig")
     app.conf.update(overrides)
     return app

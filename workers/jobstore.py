@@ -66,8 +66,20 @@ def dataset_key(dataset_id):
 FANOUT_INDEX = f"{KEY_PREFIX}:joins"
 #: Lock held by the one worker sweeping at a time.
 SWEEPER_LOCK = f"{KEY_PREFIX}:lock:sweeper"
-#: Pub/sub channel on which a job's id is published whenever its record changes (waiters wake on it).
+#: Pub/sub channel on which a job's id is published whenever its record changes (waiters wake on it):
+#: ``<job id>``, or ``<job id> ended`` when the change is its end (:func:`job_event`).
 EVENTS_CHANNEL = f"{KEY_PREFIX}:events"
+
+
+def job_event(job_id, ended=False):
+    """The message published on :data:`EVENTS_CHANNEL` when ``job_id``'s record changes (``ended``: it ended)."""
+    return f"{job_id} ended" if ended else job_id
+
+
+def read_job_event(message):
+    """``(job_id, ended)`` of a :func:`job_event` message (text)."""
+    job_id, _, kind = message.partition(" ")
+    return job_id, kind == "ended"
 
 
 def chunk_name(kind, owner_id, section, index):
@@ -274,7 +286,7 @@ class JobStore:
             pipe.multi()
             pipe.hset(key, mapping=self._encode(fields))
             pipe.expire(key, self.ttl)
-            pipe.publish(EVENTS_CHANNEL, job_id)
+            pipe.publish(EVENTS_CHANNEL, job_event(job_id, ended=True))
             return True
 
         done = self.redis.transaction(finish, key, value_from_callable=True)

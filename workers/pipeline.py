@@ -5,9 +5,14 @@ accepts a job; the worker calls :func:`parse_steps` and :func:`run`. Both use
 the same registry, so what the gateway accepts is what the worker runs.
 """
 
+import collections
+import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
+
+import pyarrow as pa
 
 from workers import frames
 from workers.errors import InvalidRequest, ParameterError, StepFailed, UnknownOperation
@@ -126,7 +131,36 @@ def check_columns(steps, schema):
     steps before it), or compares a number column with text, raises a
     :class:`ParameterError` here, before anything is stored. Only parameter
     errors count: anything else is left for the worker.
+
+    Operations are pure functions of their frame, so a pipeline that passed on a schema passes
+    on it again: the :data:`CHECKED_CACHE` most recent such pairs are remembered, and a client
+    sending the same pipeline over the same columns pays the dry run once.
     """
+    key = _check_key(steps, schema)
+    with _checked_lock:
+        if key in _checked:
+            _checked.move_to_end(key)
+            return
+    _dry_run(steps, schema)
+    with _checked_lock:
+        _checked[key] = True
+        if len(_checked) > CHECKED_CACHE:
+            _checked.popitem(last=False)
+
+
+#: How many (pipeline, schema) pairs :func:`check_columns` remembers as checked, per process.
+CHECKED_CACHE = 1024
+_checked = collections.OrderedDict()
+_checked_lock = threading.Lock()
+
+
+def _check_key(steps, schema):
+    # The whole schema, metadata included (how a mixed column is encoded is field metadata).
+    shape = schema.serialize().to_pybytes() if isinstance(schema, pa.Schema) else tuple(schema)
+    return json.dumps([step.to_json() for step in steps], sort_keys=True), shape
+
+
+def _dry_run(steps, schema):
     df = frames.empty_frame(schema)
     for step in steps:
         try:
