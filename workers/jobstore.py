@@ -136,6 +136,10 @@ def connect(url=None, patient=False):
     return redis.Redis(connection_pool=pool, retry=retry)
 
 
+#: A Lua script doing ``then`` only when the lease at KEYS[1] is held by ARGV[1]; returns 1 if it did.
+_IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then {then}; return 1 end; return 0"
+
+
 class JobStore:
     """Job records and their data, for the gateway and the workers.
 
@@ -152,6 +156,9 @@ class JobStore:
         self.redis = redis_client
         self.ttl = int(ttl)
         self.data = data if data is not None else RedisDataStore(redis_client, ttl)
+        # Compare-and-set on a lease in one round trip (redis-py loads a script again after a Redis restart).
+        self._renew = redis_client.register_script(_IF_HOLDER.format(then="redis.call('pexpire', KEYS[1], ARGV[2])"))
+        self._drop = redis_client.register_script(_IF_HOLDER.format(then="redis.call('del', KEYS[1])"))
 
     def create(self, job_id, operations, input_ref, owner=""):
         """Record a new job whose dataset is ``input_ref``. Returns the record.
@@ -227,18 +234,22 @@ class JobStore:
             return False
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key_for(job_id), mapping={"result_deleted_at": utcnow(), "inline": "null"})
-            pipe.publish(EVENTS_CHANNEL, job_id)
+            pipe.publish(EVENTS_CHANNEL, job_event(job_id))
             pipe.execute()
         self.data.delete(self.owned_chunks(record, ("output",)))
         return True
 
-    def mark_started(self, job_id):
-        """Count an attempt at ``job_id`` and set ``started_at`` on the first one. Returns the attempt number."""
+    def mark_started(self, job_id, worker=None):
+        """Count an attempt at ``job_id``, set ``started_at`` on the first one, and remember ``worker``
+        (:meth:`add_worker`), in one round trip. Returns the attempt number."""
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(key_for(job_id), "started_at", utcnow())
             pipe.hincrby(key_for(job_id), "attempts", 1)
-            pipe.publish(EVENTS_CHANNEL, job_id)
-            _, attempts, _ = pipe.execute()
+            pipe.publish(EVENTS_CHANNEL, job_event(job_id))
+            if worker is not None:
+                pipe.sadd(key_for(job_id, "workers"), worker)
+                pipe.expire(key_for(job_id, "workers"), self.ttl)
+            attempts = pipe.execute()[1]
         return attempts
 
     def is_finished(self, job_id):
@@ -304,16 +315,7 @@ class JobStore:
 
     def renew_lease(self, job_id, holder, seconds, lease="lease"):
         """Extend ``holder``'s lease on ``job_id``. False if it is no longer theirs."""
-        key = key_for(job_id, lease)
-
-        def renew(pipe):
-            if pipe.get(key) != holder.encode():
-                return False
-            pipe.multi()
-            pipe.pexpire(key, int(seconds * 1000))
-            return True
-
-        return self.redis.transaction(renew, key, value_from_callable=True)
+        return bool(self._renew(keys=[key_for(job_id, lease)], args=[holder, int(seconds * 1000)]))
 
     def lease_left(self, job_id, lease="lease"):
         """Seconds left on ``job_id``'s lease (0 when there is none)."""
@@ -321,14 +323,7 @@ class JobStore:
 
     def drop_lease(self, job_id, holder, lease="lease"):
         """Give up ``holder``'s lease on ``job_id``, if it is still theirs."""
-        key = key_for(job_id, lease)
-
-        def drop(pipe):
-            if pipe.get(key) == holder.encode():
-                pipe.multi()
-                pipe.delete(key)
-
-        self.redis.transaction(drop, key)
+        self._drop(keys=[key_for(job_id, lease)], args=[holder])
 
     # --- fan-out: a segment's chunks run as tasks of their own --------------------------
 

@@ -54,8 +54,10 @@ def run_chunk(data, job_id, segment, ref, index, chunk_rows, on_progress=None, i
 
 
 def run_whole(data, job_id, segment, ref, chunk_rows, stats, on_progress=None, interrupts=()):
-    """Run ``segment`` over all the rows of ``ref`` at once, adding to ``stats``; return its output's reference."""
+    """Run ``segment`` over all the rows of ``ref`` at once, adding to ``stats``; return ``(reference, table)``
+    of its output (the table as it was stored)."""
     frame = frames.table_to_frame(chunks.read_all(data, ref))
     with _writer(data, job_id, "s", chunk_rows) as writer:
-        writer.write(_run_steps(frame, segment, stats, on_progress, interrupts))
-        return writer.close()
+        table = frames.normalise(_run_steps(frame, segment, stats, on_progress, interrupts))
+        writer.write(table)
+        return writer.close(), table

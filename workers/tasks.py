@@ -102,7 +102,7 @@ def run_job(self, job_id):
                 f"(the limit is {max_attempts}); the job was stopped so it cannot take down more workers."
             )
             _fail(store, job_id, job_error("worker_lost", message))
-        attempt = store.mark_started(job_id)
+        attempt = store.mark_started(job_id, worker=self.request.hostname or "unknown")
         log.info("job %s: attempt %d, %d operations", job_id, attempt, record["operations_total"])
         return _advance(self, store, job_id, record, holder, 0, record["input"], {})
 
@@ -162,6 +162,7 @@ def continue_job(self, job_id, segment):
             runner.add_stats(stats, {int(k): v for k, v in result["stats"].items()})
         if ref != record["input"]:  # an earlier segment's output, consumed now
             store.data.delete(chunk["name"] for chunk in ref["chunks"])
+        store.add_worker(job_id, self.request.hostname or "unknown")
         return _advance(self, store, job_id, record, holder, segment + 1, joined, stats)
 
 
@@ -247,7 +248,7 @@ def _advance(task, store, job_id, record, holder, start, ref, stats):
     stats = stats or {}
     for step in steps:
         stats.setdefault(step.index, runner.new_stats([step])[step.index])
-    store.add_worker(job_id, task.request.hostname or "unknown")
+    table = None  # the last segment's output, when this process made it and it is small enough to keep
     with _watch(store, job_id, holder) as cancelled, _job_errors(store, job_id):
         progress = Progress(task, job_id, len(steps), cancelled)
         for number in range(start, len(plan)):
@@ -261,12 +262,12 @@ def _advance(task, store, job_id, record, holder, start, ref, stats):
                 group(run_chunk.si(job_id, number, i) for i in range(len(ref["chunks"]))).apply_async()
                 log.info("job %s: segment %d fans out over %d chunks", job_id, number, len(ref["chunks"]))
                 raise Ignore()  # no state stored: the job goes on in its chunks' tasks
-            result = _run_segment(store, job_id, record, number, segment, ref, stats, progress)
+            result, table = _run_segment(store, job_id, record, number, segment, ref, stats, progress)
             if ref != record["input"]:  # an earlier segment's output, consumed now
                 store.data.delete(chunk["name"] for chunk in ref["chunks"])
             ref = result
         progress.update(phase=Phase.SAVING.value, operations_done=len(steps), current_operation=None)
-    return _complete(task, store, job_id, record, steps, ref, stats)
+    return _complete(task, store, job_id, record, steps, ref, stats, table)
 
 
 def _run_segment(store, job_id, record, number, segment, ref, stats, progress):
@@ -275,15 +276,15 @@ def _run_segment(store, job_id, record, number, segment, ref, stats, progress):
     name = segment.steps[0].name if segment.steps else None
     progress.update(phase=Phase.LOADING.value, operations_done=segment.first, current_operation=name,
                     chunks_done=0, chunks_total=total)
-    result = runner.run_whole(
+    result, table = runner.run_whole(
         store.data, job_id, segment, ref, settings.get("CHUNK_ROWS"), stats,
         on_progress=_step_reporter(progress), interrupts=INTERRUPTS,
     )
-    progress.update(chunks_done=total)
-    return result
+    progress.note(chunks_done=total)  # told with the next report, which follows at once
+    return result, (table if result["rows"] <= settings.get("INLINE_RESULT_ROWS") else None)
 
 
-def _complete(task, store, job_id, record, steps, output, stats):
+def _complete(task, store, job_id, record, steps, output, stats, table=None):
     summary = {
         "processed_items": record["rows_in"],
         "output_items": output["rows"],
@@ -294,7 +295,9 @@ def _complete(task, store, job_id, record, steps, output, stats):
     }
     inline = None
     if output["rows"] <= settings.get("INLINE_RESULT_ROWS"):
-        inline = json.loads(frames.table_to_json(chunks.read_all(store.data, output)))
+        # The stored chunks as read back, or the same table still in memory (its IPC round trip changes nothing).
+        stored = table if table is not None else chunks.read_all(store.data, output)
+        inline = json.loads(frames.table_to_json(stored))
     if not store.complete(job_id, output, summary, inline):
         log.info("job %s: ended (cancelled) while running; its result is dropped", job_id)
         store.data.delete(chunk["name"] for chunk in output["chunks"])
@@ -385,11 +388,21 @@ class Progress:
             "chunks_total": 0,
         }
 
+    def note(self, **changes):
+        """Record ``changes`` without telling anyone: the next :meth:`update` carries them."""
+        self.meta.update(changes)
+
     def update(self, **changes):
         if self.cancelled.is_set():
             raise JobCancelled()
         self.meta.update(changes)
-        self.task.update_state(task_id=self.job_id, state=PROGRESS, meta=dict(self.meta))
+        # What ``task.update_state`` stores, without the read of the current state that Celery's
+        # ``store_result`` makes first (to never write over a SUCCESS): a job's progress is written
+        # only while it runs, and once it has ended its record, not Celery's state, decides its status.
+        backend = self.task.backend
+        meta = {"status": PROGRESS, "result": dict(self.meta), "traceback": None, "children": [],
+                "date_done": None, "task_id": self.job_id}
+        backend.set(backend.get_key_for_task(self.job_id), backend.encode(meta))
 
 
 def _rounded(entry):
@@ -398,7 +411,10 @@ def _rounded(entry):
 
 def _step_reporter(progress):
     def report(done, current):
-        progress.update(operations_done=done, current_operation=current, phase=Phase.RUNNING.value)
+        if current is None:  # the segment's steps are done: told with the next report, which follows at once
+            progress.note(operations_done=done, current_operation=None)
+        else:
+            progress.update(operations_done=done, current_operation=current, phase=Phase.RUNNING.value)
 
     return report
 

@@ -83,7 +83,9 @@ def in_chunks(table, steps, chunk_rows):
             parts = [runner.run_chunk(data, "j", segment, ref, i, chunk_rows) for i in range(len(ref["chunks"]))]
             ref = chunks.join([part["ref"] for part in parts])
         else:
-            ref = runner.run_whole(data, "j", segment, ref, chunk_rows, stats)
+            ref, kept = runner.run_whole(data, "j", segment, ref, chunk_rows, stats)
+            # What a job keeps in memory for its inline result reads as what it stored.
+            assert frames.table_to_json(kept) == frames.table_to_json(chunks.read_all(data, ref))
     return json.loads(frames.table_to_json(chunks.read_all(data, ref)))
 
 
