@@ -28,7 +28,7 @@ class TaskMeta:
     def __init__(self, backend, store, url=None):
         self.backend, self.store = backend, store
         self.redis_backend = isinstance(backend, RedisBackend)
-        self.shared = self.redis_backend and _database(backend.connparams) == _database(
+        self.shared = self.redis_backend and jobstore.database_of(backend.connparams) == jobstore.database_of(
             store.redis.connection_pool.connection_kwargs
         )
         self.client = None
@@ -53,7 +53,3 @@ class TaskMeta:
         if not raw:
             return {"status": states.PENDING, "result": None}
         return self.backend.decode_result(raw)
-
-
-def _database(kwargs):
-    return kwargs.get("host"), kwargs.get("port"), kwargs.get("path"), int(kwargs.get("db") or 0)

@@ -2,14 +2,12 @@
 
 A request that waits (``GET /jobs/<id>?wait=S``, ``POST /jobs?wait=S``) registers with
 its process's :class:`JobEvents` and sleeps on an event: it holds no Redis connection and,
-under gunicorn's gevent workers, no thread. One listener per Redis server holds the process's
-subscription:
-
-- the job store's ``datajobs:events`` channel, on which every change to a job record that
-  shows in its body (a start, its end, its result freed) publishes the job id
-  (``workers/jobstore.py``);
-- Celery's own ``celery-task-meta-*`` channels: the Redis result backend publishes every
-  state it stores, so progress and outcomes arrive with no extra write by the worker.
+under gunicorn's gevent workers, no thread. One listener holds the process's subscription to
+the job store's ``datajobs:events`` channel, on which every change that shows in a job's body
+is published, in the same round trip as the change (``workers/jobstore.py``): its start, each
+progress report (``workers/tasks.py``), its end (``<id> ended``: a waiter for the end sleeps
+through the rest), its result freed. Not Celery's own ``celery-task-meta-*`` channels: those
+carry every state of every task, chunks included, to every gateway process.
 
 A message for a job sets the events of its waiters, which then read the job again. Pub/sub
 delivers at most once, so when the subscription breaks every waiter is woken (it reads the
@@ -20,14 +18,12 @@ listener and the events are greenlets, and ``flask --app app run`` (threads) wor
 """
 
 import contextlib
-import json
 import logging
 import os
 import threading
 import time
 
 import redis
-from celery import states
 
 from workers.jobstore import read_job_event
 
@@ -43,28 +39,18 @@ RECONNECT_SECONDS, RECONNECT_CAP_SECONDS = 0.1, 2.0
 
 class Subscription:
     """What one listener subscribes to on one Redis: ``channels`` whose messages are job events
-    (:func:`workers.jobstore.job_event`), and key ``prefixes`` whose channels end with a job id
-    (``celery-task-meta-<id>``, whose messages are Celery's task meta as JSON)."""
+    (:func:`workers.jobstore.job_event`)."""
 
-    def __init__(self, client, channels=(), prefixes=()):
+    def __init__(self, client, channels):
         self.client = client
         self.channels = [_text(channel) for channel in channels]
-        self.prefixes = [_text(prefix) for prefix in prefixes]
 
-    def event_of(self, message):
+    @staticmethod
+    def event_of(message):
         """``(job_id, ended)`` of a pub/sub ``message``, or ``(None, False)``."""
         if message["type"] == "message":
             return read_job_event(_text(message["data"]))
-        if message["type"] == "pmessage":
-            channel = _text(message["channel"])
-            for prefix in self.prefixes:
-                if channel.startswith(prefix):
-                    return channel[len(prefix):], _ended_state(message["data"])
         return None, False
-
-    @property
-    def size(self):
-        return len(self.channels) + len(self.prefixes)
 
 
 class JobEvents:
@@ -138,20 +124,17 @@ class JobEvents:
         while True:
             pubsub = subscription.client.pubsub()
             try:
-                if subscription.channels:
-                    pubsub.subscribe(*subscription.channels)
-                if subscription.prefixes:
-                    pubsub.psubscribe(*(f"{prefix}*" for prefix in subscription.prefixes))
+                pubsub.subscribe(*subscription.channels)
                 confirmed = set()
                 while True:
                     message = pubsub.get_message(timeout=LISTEN_SECONDS)
                     if message is None:
                         continue
-                    if message["type"] in ("subscribe", "psubscribe"):
+                    if message["type"] == "subscribe":
                         # Also after redis-py subscribes again by itself: what was published meanwhile is lost.
                         confirmed.add(_text(message["channel"]))
                         self.notify_all()  # before `ready`: a waiter let go by `ready` is not woken by this
-                        if len(confirmed) >= subscription.size:
+                        if len(confirmed) >= len(subscription.channels):
                             ready.set()
                             pause = RECONNECT_SECONDS
                         continue
@@ -176,31 +159,8 @@ def _text(value):
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _ended_state(payload):
-    """Whether a Celery task meta (JSON) says the task is ready (ended); True when it cannot be read."""
-    try:
-        return json.loads(payload).get("status") in states.READY_STATES
-    except (ValueError, AttributeError):
-        return True
-
-
-def subscriptions_for(store_client, backend):
-    """The subscriptions that cover a gateway's jobs: the job store's channel, and Celery's
-    result backend's key channels when that backend is Redis (on the same server when it is the same)."""
-    from celery.backends.redis import RedisBackend
-
+def subscriptions_for(store_client):
+    """The subscription that covers a gateway's jobs: the job store's events channel."""
     from workers.jobstore import EVENTS_CHANNEL
 
-    store = Subscription(store_client, channels=[EVENTS_CHANNEL])
-    if not isinstance(backend, RedisBackend):
-        return [store]
-    prefix = backend.task_keyprefix  # with any global_keyprefix
-    if _server(backend.client) == _server(store_client):
-        store.prefixes.append(_text(prefix))  # pub/sub spans the server's databases: one subscription does
-        return [store]
-    return [store, Subscription(backend.client, prefixes=[prefix])]
-
-
-def _server(client):
-    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
-    return kwargs.get("host"), kwargs.get("port"), kwargs.get("path")
+    return [Subscription(store_client, channels=[EVENTS_CHANNEL])]

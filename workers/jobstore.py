@@ -76,6 +76,16 @@ def job_event(job_id, ended=False):
     return f"{job_id} ended" if ended else job_id
 
 
+def server_of(kwargs):
+    """Which Redis server a client's connection kwargs name (pub/sub spans all its databases)."""
+    return kwargs.get("host"), kwargs.get("port"), kwargs.get("path")
+
+
+def database_of(kwargs):
+    """Which Redis database a client's connection kwargs name."""
+    return (*server_of(kwargs), int(kwargs.get("db") or 0))
+
+
 def read_job_event(message):
     """``(job_id, ended)`` of a :func:`job_event` message (text)."""
     job_id, _, kind = message.partition(" ")
@@ -251,6 +261,10 @@ class JobStore:
                 pipe.expire(key_for(job_id, "workers"), self.ttl)
             attempts = pipe.execute()[1]
         return attempts
+
+    def notify(self, job_id, ended=False):
+        """Publish that ``job_id`` changed (``ended``: it ended) without a change to its record here."""
+        self.redis.publish(EVENTS_CHANNEL, job_event(job_id, ended))
 
     def is_finished(self, job_id):
         """True once ``job_id`` has ended (or its record is gone)."""

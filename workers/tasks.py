@@ -49,7 +49,16 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 from workers import chunks, datastore, frames, operations, pipeline, runner, settings
 from workers.celery import CONTINUE_JOB, RUN_CHUNK, RUN_JOB, app
 from workers.errors import JobFailed, StepFailed, hard_time_limit_error, job_error
-from workers.jobstore import SWEEPER_LOCK, JobStore, connect, dataset_key, key_for
+from workers.jobstore import (
+    EVENTS_CHANNEL,
+    SWEEPER_LOCK,
+    JobStore,
+    connect,
+    dataset_key,
+    job_event,
+    key_for,
+    server_of,
+)
 from workers.status import PROGRESS, Phase
 
 log = logging.getLogger(__name__)
@@ -85,6 +94,10 @@ class JobTask(app.Task):
         # has killed the process running the task: nobody else is left to say so.
         if isinstance(exc, TimeLimitExceeded) and args:
             job_store().fail(args[0], hard_time_limit_error(settings.get("JOB_HARD_TIME_LIMIT")))
+        elif args and task_id == args[0]:
+            # Celery has stored FAILURE for the job without its record saying so: wake its waiters.
+            with contextlib.suppress(Exception):
+                job_store().notify(args[0], ended=True)
 
 
 # --- the tasks -------------------------------------------------------------------------
@@ -397,12 +410,31 @@ class Progress:
             raise JobCancelled()
         self.meta.update(changes)
         # What ``task.update_state`` stores, without the read of the current state that Celery's
-        # ``store_result`` makes first (to never write over a SUCCESS): a job's progress is written
-        # only while it runs, and once it has ended its record, not Celery's state, decides its status.
+        # ``store_result`` makes first (to never write over a SUCCESS: a job's progress is written only
+        # while it runs, and once it has ended its record decides its status), and with the job's
+        # event for its waiters in the same round trip, retried as Celery retries its own writes.
         backend = self.task.backend
         meta = {"status": PROGRESS, "result": dict(self.meta), "traceback": None, "children": [],
                 "date_done": None, "task_id": self.job_id}
-        backend.set(backend.get_key_for_task(self.job_id), backend.encode(meta))
+        backend.ensure(_write_progress, (backend, job_store(), self.job_id, backend.encode(meta)))
+
+
+def _write_progress(backend, store, job_id, encoded):
+    client = backend.client
+    same_server = server_of(client.connection_pool.connection_kwargs) == server_of(
+        store.redis.connection_pool.connection_kwargs
+    )
+    with client.pipeline(transaction=False) as pipe:
+        key = backend.get_key_for_task(job_id)
+        if backend.expires:
+            pipe.setex(key, backend.expires, encoded)
+        else:
+            pipe.set(key, encoded)
+        if same_server:  # pub/sub spans a server's databases
+            pipe.publish(EVENTS_CHANNEL, job_event(job_id))
+        pipe.execute()
+    if not same_server:
+        store.notify(job_id)
 
 
 def _rounded(entry):

@@ -1,7 +1,7 @@
 """Waiting on a job (``?wait=``, ``ETag``, ``If-None-Match``), through Flask's test client and fakeredis.
 
-The wake-ups come from the job store's pub/sub channel here (fakeredis); the integration
-tests (tests/faults/test_waiting.py) add Celery's own publish from a real worker.
+The wake-ups come from the job store's pub/sub channel here (fakeredis), published by the job
+store; the integration tests (tests/faults/test_waiting.py) add the worker's progress reports.
 """
 
 import threading
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from app.waiting import JobEvents, Subscription
-from workers.jobstore import EVENTS_CHANNEL
+from workers.jobstore import EVENTS_CHANNEL, job_event
 from workers.status import PROGRESS
 
 JOB = {"dataset": [{"id": 1}], "operations": ["drop_nulls"]}
@@ -114,15 +114,18 @@ def test_events_wake_only_the_waiters_of_their_job(redis):
     with events.watch("a") as a, events.watch("b") as b:
         assert events.waiting == 2
         a.clear(), b.clear()  # as a waiter does before it looks: the subscription's start woke everyone
-        redis.publish(EVENTS_CHANNEL, "a")
+        redis.publish(EVENTS_CHANNEL, job_event("a"))
         assert a.wait(5)
         assert not b.wait(0.2)
     assert events.waiting == 0
 
 
-def test_a_key_prefix_subscription_reads_the_job_id_from_the_channel(redis):
-    events = JobEvents([Subscription(redis, prefixes=["celery-task-meta-"])])
-    with events.watch("job-1") as changed:
-        changed.clear()
-        redis.publish("celery-task-meta-job-1", "{}")
-        assert changed.wait(5)
+def test_a_waiter_for_the_end_sleeps_through_progress(redis):
+    events = JobEvents([Subscription(redis, channels=[EVENTS_CHANNEL])])
+    with events.watch("a", ends_only=True) as end, events.watch("a") as every:
+        end.clear(), every.clear()
+        redis.publish(EVENTS_CHANNEL, job_event("a"))  # progress
+        assert every.wait(5)
+        assert not end.wait(0.2)
+        redis.publish(EVENTS_CHANNEL, job_event("a", ended=True))
+        assert end.wait(5)
