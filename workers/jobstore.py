@@ -29,7 +29,7 @@ Chunk names in the data store (built by :func:`chunk_name`): ``datasets/<id>/p<p
 ``jobs/<id>/output-<n>.arrow``.
 
 A record ends exactly once: :meth:`JobStore.complete`, :meth:`JobStore.fail` and
-:meth:`JobStore.cancel` are compare-and-set (WATCH/MULTI), so a worker that
+:meth:`JobStore.cancel` are compare-and-set (one Lua script), so a worker that
 finishes a job someone cancelled, or a redelivered job that finishes twice,
 cannot overwrite the outcome that was stored first.
 """
@@ -149,6 +149,17 @@ def connect(url=None, patient=False):
 #: A Lua script doing ``then`` only when the lease at KEYS[1] is held by ARGV[1]; returns 1 if it did.
 _IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then {then}; return 1 end; return 0"
 
+#: End the record at KEYS[1] unless it is gone or has ended: set the fields ARGV[4:], restart its TTL (ARGV[1]),
+#: publish ARGV[3] on ARGV[2]; return its ``input`` field ("" if none), or nil (false) when it was not ended here.
+_END = """
+if redis.call('exists', KEYS[1]) == 0 or redis.call('hexists', KEYS[1], 'finished_at') == 1 then return false end
+local input = redis.call('hget', KEYS[1], 'input') or ''
+redis.call('hset', KEYS[1], unpack(ARGV, 4))
+redis.call('expire', KEYS[1], ARGV[1])
+redis.call('publish', ARGV[2], ARGV[3])
+return input
+"""
+
 
 class JobStore:
     """Job records and their data, for the gateway and the workers.
@@ -169,6 +180,7 @@ class JobStore:
         # Compare-and-set on a lease in one round trip (redis-py loads a script again after a Redis restart).
         self._renew = redis_client.register_script(_IF_HOLDER.format(then="redis.call('pexpire', KEYS[1], ARGV[2])"))
         self._drop = redis_client.register_script(_IF_HOLDER.format(then="redis.call('del', KEYS[1])"))
+        self._end = redis_client.register_script(_END)
 
     def create(self, job_id, operations, input_ref, owner=""):
         """Record a new job whose dataset is ``input_ref``. Returns the record.
@@ -297,28 +309,20 @@ class JobStore:
         return self._finish(job_id, "cancelled", {"error": error})
 
     def _finish(self, job_id, outcome, extra):
-        # Compare-and-set: only the first outcome sticks. The TTL restarts when a
+        # Compare-and-set, in one script: only the first outcome sticks. The TTL restarts when a
         # job ends, so a result is kept for a full TTL however long the job queued.
-        key = key_for(job_id)
         fields = {"finished_at": utcnow(), "outcome": outcome, **extra}
-        inputs = []
-
-        def finish(pipe):
-            if not pipe.exists(key) or pipe.hexists(key, "finished_at"):
-                return False
-            raw = pipe.hget(key, "input")
-            inputs[:] = self.owned_chunks({"input": json.loads(raw)} if raw else {}, ("input",))
-            pipe.multi()
-            pipe.hset(key, mapping=self._encode(fields))
-            pipe.expire(key, self.ttl)
-            pipe.publish(EVENTS_CHANNEL, job_event(job_id, ended=True))
-            return True
-
-        done = self.redis.transaction(finish, key, value_from_callable=True)
-        if done and inputs:
+        flat = [item for pair in self._encode(fields).items() for item in pair]
+        raw = self._end(
+            keys=[key_for(job_id)], args=[self.ttl, EVENTS_CHANNEL, job_event(job_id, ended=True), *flat]
+        )
+        if raw is None:
+            return False
+        inputs = self.owned_chunks({"input": json.loads(raw)} if raw else {}, ("input",))
+        if inputs:
             # An inline dataset is the job's own: nothing else can use it once the job has ended.
             self.data.delete(inputs)
-        return done
+        return True
 
     def take_lease(self, job_id, holder, seconds, lease="lease"):
         """Mark ``job_id`` (or one of its chunks: ``lease`` names which) as run by ``holder`` for ``seconds``.
