@@ -2,7 +2,7 @@
 
 Worker class gevent: a request that waits on a job (`GET /jobs/<id>?wait=S`) sleeps on an event in a
 greenlet, holding neither a thread nor a Redis connection, so a thousand waiters cost each process
-only memory, and submissions go on being answered meanwhile (tests/integration/test_waiting.py). With
+only memory, and submissions go on being answered meanwhile (tests/faults/test_waiting_live.py). With
 threads instead (gthread), every waiter holds a thread, and 2 processes of 4 threads would stop taking
 submissions at the eighth waiter. Our work in a request is Redis round trips (cooperative under gevent)
 and short pyarrow calls; a large upload's parsing holds its process for as long as it takes, as a thread

@@ -1,7 +1,7 @@
 """Waiting on a job (``?wait=``, ``ETag``, ``If-None-Match``), through Flask's test client and fakeredis.
 
 The wake-ups come from the job store's pub/sub channel here (fakeredis), published by the job
-store; the integration tests (tests/faults/test_waiting.py) add the worker's progress reports.
+store; the integration tests (tests/faults/test_waiting_live.py) add the worker's progress reports.
 """
 
 import threading
