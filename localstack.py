@@ -150,17 +150,43 @@ def live_workers(gateway_url):
         return -1
 
 
-def stop(*procs, timeout=15):
-    """Stop ``procs`` gracefully (SIGTERM to all, then wait for each), killing any that linger."""
+def stop(*procs, timeout=15, sig=signal.SIGTERM):
+    """Stop ``procs`` gracefully (SIGTERM to all, then wait for each), killing any that linger.
+
+    ``sig`` is the signal sent first (see :func:`stop_quickly` for a test's stack).
+    """
     for proc in procs:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(sig)
     for proc in procs:
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def kill_session(proc):
+    """SIGKILL ``proc`` and every process left in the session it leads (a worker's pool processes)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def stop_quickly(gateway, workers, timeout=5):
+    """Stop a stack whose state nobody needs any more (a test's), without waiting for a warm shutdown.
+
+    The gateway gets SIGINT (gunicorn's quick shutdown: under a second, where SIGTERM waits out its
+    workers); each worker's session (the worker and its pool processes, see :func:`start_worker`) is
+    killed at once, as a lost host would be: Celery's warm shutdown takes seconds, and even its cold one
+    (SIGQUIT) over a second, and a test's jobs need not be given back to a queue nobody reads again.
+    """
+    if gateway is not None and gateway.poll() is None:
+        gateway.send_signal(signal.SIGINT)
+    for worker in workers:
+        kill_session(worker)
+    if gateway is not None:
+        stop(gateway, timeout=timeout)
 
 
 class Stack:
@@ -187,13 +213,21 @@ class Stack:
         """Everything the processes have logged so far, as one text."""
         return "\n".join(path.read_text(errors="replace") for path in sorted(self.log_dir.glob("*.log")))
 
-    def stop(self):
-        stop(*[proc for proc in [self.gateway, *self.workers] if proc is not None])
+    def stop(self, quick=False):
+        """Stop the gateway and the workers: gracefully (Celery's warm shutdown), or ``quick``ly
+        (:func:`stop_quickly`: for a test's stack, whose jobs and state nobody needs afterwards)."""
+        if quick:
+            stop_quickly(self.gateway, self.workers)
+        else:
+            stop(*[proc for proc in [self.gateway, *self.workers] if proc is not None])
 
 
 @contextlib.contextmanager
-def running(redis_url, workers=1, concurrency=2, log_dir=None, extra_env=None):
-    """Start worker(s) and a gateway against ``redis_url``; yield the :class:`Stack` once the workers answer."""
+def running(redis_url, workers=1, concurrency=2, log_dir=None, extra_env=None, quick_stop=False):
+    """Start worker(s) and a gateway against ``redis_url``; yield the :class:`Stack` once the workers answer.
+
+    On leaving, the stack is stopped gracefully, or with ``quick_stop`` at once (see :meth:`Stack.stop`).
+    """
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="datajobs-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     running_stack = Stack(redis_url, log_dir, extra_env)
@@ -204,11 +238,11 @@ def running(redis_url, workers=1, concurrency=2, log_dir=None, extra_env=None):
         running_stack.wait_for_workers(workers)
         yield running_stack
     finally:
-        running_stack.stop()
+        running_stack.stop(quick=quick_stop)
 
 
 @contextlib.contextmanager
-def stack(redis_url, workers=1, concurrency=2, log_dir=None, extra_env=None):
+def stack(redis_url, workers=1, concurrency=2, log_dir=None, extra_env=None, quick_stop=False):
     """Start worker(s) and a gateway against ``redis_url``; yield the gateway URL once a worker answers."""
-    with running(redis_url, workers, concurrency, log_dir, extra_env) as started:
+    with running(redis_url, workers, concurrency, log_dir, extra_env, quick_stop) as started:
         yield started.url

@@ -9,15 +9,20 @@ records, no validation, no data by reference: what datajobs is measured against.
 Its own Celery app and queue (``naive``), JSON serializer, the Redis at ``REDIS_URL``::
 
     REDIS_URL=... celery -A bench.naive worker --concurrency 1 -Q naive
-    REDIS_URL=... gunicorn "bench.naive:create_app()"
+    REDIS_URL=... gunicorn "bench.naive:create_app()" --workers 2 --worker-class gthread --threads 4
 
-:func:`stack` starts both from ``/work/main`` and stops them.
+:func:`running` (and :func:`stack`, which yields only the URL) starts both from the repository's root and
+stops them. Its gunicorn model is given on the command line with a configuration file of its own (empty),
+so the repository's ``gunicorn.conf.py`` (the datajobs gateway's: gevent) never applies to it: the
+baseline's figures do not move when datajobs' gateway settings do.
 """
 
 import contextlib
 import os
 import socket
 import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
 import requests
 from celery import Celery
@@ -80,19 +85,37 @@ def create_app():
     return web
 
 
-@contextlib.contextmanager
-def stack(redis_url, log_dir, startup_timeout=60):
-    """Start the naive worker (concurrency 1, queue ``naive``) and gateway (gunicorn); yield the gateway URL.
+#: How the naive gateway runs under gunicorn: the model it had before datajobs moved to gevent.
+GUNICORN_MODEL = ["--workers", "2", "--worker-class", "gthread", "--threads", "4"]
 
-    Yields once the gateway answers and the worker answers a ping; stops both on exit.
-    """
+
+@dataclass
+class NaiveStack:
+    """A running naive app: its gateway's URL and port, and its two processes."""
+
+    url: str
+    port: int
+    worker: subprocess.Popen  # the Celery worker; its pool processes are its children
+    gateway: subprocess.Popen  # gunicorn's master; its workers are its children
+
+
+@contextlib.contextmanager
+def running(redis_url, log_dir, concurrency=1, startup_timeout=60):
+    """Start the naive worker (``concurrency`` pool processes, queue ``naive``) and gateway (gunicorn,
+    :data:`GUNICORN_MODEL`); yield a :class:`NaiveStack` once the gateway answers and the worker answers a
+    ping; stop both on exit."""
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
+    env.pop("GUNICORN_CMD_ARGS", None)
+    config = log_dir / "naive-gunicorn.conf.py"  # empty: not the repository's gunicorn.conf.py
+    config.write_text("# The naive gateway's settings are all on its command line (bench/naive.py).\n")
     port = localstack.free_port()
     hostname = f"naive-{os.getpid()}-{port}@{socket.gethostname()}"
-    worker_args = [str(localstack.BIN / "celery"), "-A", "bench.naive", "worker", "--concurrency", "1", "-Q", QUEUE]
-    worker_args += ["--loglevel", "INFO", "--hostname", hostname, "--without-mingle", "--without-gossip"]
-    gateway_args = [str(localstack.BIN / "gunicorn"), "bench.naive:create_app()", "--bind", f"127.0.0.1:{port}"]
-    gateway_args += ["--workers", "2"]  # as localstack starts the datajobs gateway
+    worker_args = [str(localstack.BIN / "celery"), "-A", "bench.naive", "worker", "--concurrency", str(concurrency)]
+    worker_args += ["-Q", QUEUE, "--loglevel", "INFO", "--hostname", hostname, "--without-mingle", "--without-gossip"]
+    gateway_args = [str(localstack.BIN / "gunicorn"), "bench.naive:create_app()", "--config", str(config)]
+    gateway_args += ["--bind", f"127.0.0.1:{port}", *GUNICORN_MODEL]
     procs = []
     control = make_celery(redis_url)
     try:
@@ -105,11 +128,18 @@ def stack(redis_url, log_dir, startup_timeout=60):
         localstack.wait_until(
             lambda: bool(control.control.ping(destination=[hostname], timeout=0.5)), startup_timeout, "the naive worker answering a ping"
         )
-        yield url
+        yield NaiveStack(url, port, *procs)
     finally:
         control.close()
         for proc in reversed(procs):
             localstack.stop(proc)
+
+
+@contextlib.contextmanager
+def stack(redis_url, log_dir, concurrency=1, startup_timeout=60):
+    """:func:`running`, yielding only the gateway's URL."""
+    with running(redis_url, log_dir, concurrency, startup_timeout) as started:
+        yield started.url
 
 
 def _answers(url):

@@ -1,8 +1,13 @@
 """`make bench`: datajobs beside a naive Flask+Celery app and plain pandas, measured in one run.
 
-1. Latency: one-record jobs submitted one after another through the harvester's
-   ``GatewayClient`` (submit, then poll), beside the same jobs through the naive
-   app (``bench/naive.py``), polled the same way.
+1. Latency (``bench/latency.py``, issue 8): one-record jobs under a closed loop of
+   1 and then 8 client threads for ``--seconds`` each: datajobs with
+   ``POST /jobs?wait=`` then ``GET /jobs/<id>?wait=``, beside the naive app
+   (``bench/naive.py``) polled every 10 ms; p50, p95, jobs/s and the CPU-ms per
+   job of each system's gateway, worker and Redis, against the goals (1 client:
+   p50 at most half the naive app's; 8 clients: at least twice its jobs/s). Then
+   the submission latency while 1,000 waiters are held open on the datajobs
+   gateway. Each system on a ``redis-server`` of its own.
 2. Throughput: a five-step pipeline over many rows through the whole system
    (submit, poll, get the data back), beside the naive app and the same steps
    in plain pandas in this process.
@@ -12,7 +17,7 @@
    datajobs run on a Redis and a stack of its own. ``--huge`` adds a
    10,000,000-row run (about 1 GB of CSV; several minutes).
 
-Redis for 1 and 2: ``BENCH_REDIS_URL`` (default database 13 of the local Redis,
+Redis for 2: ``BENCH_REDIS_URL`` (default database 13 of the local Redis,
 flushed before and after: the benchmark owns it), else a Redis started here. The
 systems run one after the other, each with the machine to itself. Progress goes
 to stderr; the figures and a Markdown snippet for the README go to stdout.
@@ -34,23 +39,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import redis  # noqa: E402
 import requests  # noqa: E402
 
 import localstack  # noqa: E402
-from bench import memory, naive, scale, workload  # noqa: E402
-from bench.report import machine, markdown_table, ms, ratio, secs, table  # noqa: E402
+from bench import latency, memory, naive, scale, workload  # noqa: E402
+from bench.report import machine, markdown_table, ratio, secs, table  # noqa: E402
 from harvester.client import GatewayClient  # noqa: E402
-from harvester.errors import HarvesterError  # noqa: E402
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
-LATENCY_POLL = 0.02  # seconds between polls of a one-record job
 PIPELINE_POLL = 0.05  # seconds between polls of the big job
-WARMUP_JOBS = 5  # one-record jobs run on each system before measuring, not counted
-JOB_TIMEOUT = 30  # seconds one one-record job may take
-LATENCY_BUDGET = 60  # seconds each system gets for all its one-record jobs
 PIPELINE_TIMEOUT = 60  # seconds one big job may take
 
 
@@ -103,31 +102,7 @@ def naive_runner(session, base_url):
     return run
 
 
-RUN_ERRORS = (JobFailed, HarvesterError, requests.RequestException, KeyError, ValueError)
-
-
 # --- measurements ------------------------------------------------------------------
-
-
-def measure_latency(run, jobs):
-    """Submit→completed seconds of ``jobs`` one-record jobs in a row (after the warm-up); and the errors."""
-    for _ in range(WARMUP_JOBS):
-        run(workload.LATENCY_DATASET, workload.LATENCY_OPERATIONS, LATENCY_POLL, time.monotonic() + JOB_TIMEOUT)
-    budget_ends = time.monotonic() + LATENCY_BUDGET
-    seconds, errors = [], []
-    for _ in range(jobs):
-        if time.monotonic() >= budget_ends:
-            errors.append(f"stopped after {len(seconds) + len(errors)} jobs: the {LATENCY_BUDGET} s budget ran out")
-            break
-        deadline = min(time.monotonic() + JOB_TIMEOUT, budget_ends)
-        started = time.perf_counter()
-        try:
-            run(workload.LATENCY_DATASET, workload.LATENCY_OPERATIONS, LATENCY_POLL, deadline)
-        except RUN_ERRORS as exc:
-            errors.append(f"{type(exc).__name__}: {exc}")
-            continue
-        seconds.append(time.perf_counter() - started)
-    return seconds, errors
 
 
 def measure_pipeline(run, records, repeat):
@@ -162,8 +137,8 @@ def progress(text):
 
 
 def run_benchmarks(args, redis_url, log_dir):
-    """Run every measurement; return the figures as a dict."""
-    figures = {"jobs": args.jobs, "rows": args.rows, "repeat": args.repeat}
+    """Run the in-memory pipeline measurements; return the figures as a dict."""
+    figures = {"rows": args.rows, "repeat": args.repeat}
     progress(f"making {args.rows:,} records")
     records = workload.make_records(args.rows)
     body = {"dataset": records, "operations": workload.OPERATIONS}
@@ -179,19 +154,15 @@ def run_benchmarks(args, redis_url, log_dir):
         workload.check_operations(gateway)
         with GatewayClient(gateway) as client:
             run = datajobs_runner(client)
-            progress(f"datajobs: {WARMUP_JOBS} warm-up + {args.jobs} one-record jobs")
-            figures["dj_latency"], figures["dj_latency_errors"] = measure_latency(run, args.jobs)
             progress(f"datajobs: {args.repeat} run(s) of the pipeline on {args.rows:,} rows")
             figures["dj"], dj_out, figures["dj_steps"] = measure_pipeline(run, records, args.repeat)
     figures["rows_out_dj"] = len(dj_out)
     figures["same_ids_dj"] = [r["id"] for r in dj_out] == plain_ids
     del dj_out
 
-    progress("naive: starting its worker (concurrency 1, queue naive) and gateway (gunicorn, 2 workers)")
-    with naive.stack(redis_url, log_dir) as base_url, requests.Session() as session:
+    progress("naive: starting its worker (concurrency 1, queue naive) and gateway (gunicorn, 2 gthread workers)")
+    with naive.stack(redis_url, log_dir, concurrency=1) as base_url, requests.Session() as session:
         run = naive_runner(session, base_url)
-        progress(f"naive: {WARMUP_JOBS} warm-up + {args.jobs} one-record jobs")
-        figures["naive_latency"], figures["naive_latency_errors"] = measure_latency(run, args.jobs)
         progress(f"naive: {args.repeat} run(s) of the pipeline on {args.rows:,} rows")
         figures["naive"], naive_out, _ = measure_pipeline(run, records, args.repeat)
     figures["rows_out_naive"] = len(naive_out)
@@ -202,24 +173,8 @@ def run_benchmarks(args, redis_url, log_dir):
 # --- the report --------------------------------------------------------------------
 
 
-def latency_stats(seconds):
-    if not seconds:
-        return None
-    p50, p95 = np.percentile(seconds, [50, 95])
-    return {"p50": p50, "p95": p95, "mean": statistics.fmean(seconds), "max": max(seconds)}
-
-
 def report_rows(f):
-    """The two tables (latency, pipeline) as (header, rows) pairs."""
-    dj, nv = latency_stats(f["dj_latency"]), latency_stats(f["naive_latency"])
-    latency_header = ["one-record job, submit → completed", "datajobs", "naive Flask+Celery", "datajobs / naive"]
-    latency = []
-    for key in ("p50", "p95", "mean", "max"):
-        latency.append(
-            [key, ms(dj[key]) if dj else "n/a", ms(nv[key]) if nv else "n/a", ratio(dj[key], nv[key]) if dj and nv else "n/a"]
-        )
-    latency.append(["jobs completed", f"{len(f['dj_latency'])}/{f['jobs']}", f"{len(f['naive_latency'])}/{f['jobs']}", ""])
-
+    """The pipeline table as a (header, rows) pair."""
     plain, dj_wall, naive_wall = (statistics.median(f[k]) for k in ("plain", "dj", "naive"))
     pipeline_header = [f"{f['rows']:,} rows, 5 steps, end to end", "wall time", "× plain pandas", "rows out"]
     pipeline = [
@@ -227,26 +182,22 @@ def report_rows(f):
         ["datajobs (GatewayClient)", secs(dj_wall), ratio(dj_wall, plain), f"{f['rows_out_dj']:,}"],
         ["naive Flask+Celery", secs(naive_wall), ratio(naive_wall, plain), f"{f['rows_out_naive']:,}"],
     ]
-    return (latency_header, latency), (pipeline_header, pipeline)
+    return (pipeline_header, pipeline)
 
 
 def notes(f):
     """What the tables need to be read right."""
     runs = lambda k: ", ".join(secs(s) for s in f[k])  # noqa: E731
     return [
-        f"Latency: {f['jobs']} jobs one after another per system, after {WARMUP_JOBS} warm-up jobs; "
-        f"dataset {json.dumps(workload.LATENCY_DATASET)}, operations {json.dumps(workload.LATENCY_OPERATIONS)}; "
-        f"polled every {LATENCY_POLL} s (the first poll right after the submit answers), so a job is seen "
-        f"done up to one interval after it ends: both columns are mostly submit + polling.",
         f"Pipeline: {workload.PIPELINE_TEXT}; wall time from records in memory to records back (datajobs: submit, poll, "
         f"then `GET /jobs/<id>/result?format=jsonl`), median of {f['repeat']} run(s), polled every {PIPELINE_POLL} s. "
         f"Request body {f['body_bytes'] / 1e6:.1f} MB of JSON (the same for datajobs and naive).",
         f"Runs: plain {runs('plain')}; datajobs {runs('dj')}; naive {runs('naive')}. Plain pandas steps alone "
         f"(frame already built, no records out): {secs(f['plain_steps_only'])}; the datajobs worker's five steps "
         f"(its job stats, last run): {secs(f['dj_steps'])}.",
-        "Setup: datajobs = localstack.stack (1 worker, concurrency 2; gateway under gunicorn, 2 workers); "
-        "naive = bench/naive.py (1 worker, concurrency 1, queue 'naive'; gunicorn, 2 workers); "
-        "each system runs alone, one after the other, on the same Redis.",
+        "Setup: datajobs = localstack.stack (1 worker, concurrency 2; gateway under gunicorn, gunicorn.conf.py: "
+        "2 gevent workers); naive = bench/naive.py (1 worker, concurrency 1, queue 'naive'; gunicorn, 2 workers of "
+        "4 threads); each system runs alone, one after the other, on the same Redis.",
     ]
 
 
@@ -260,9 +211,6 @@ def output_warnings(f):
         warnings.append(f"naive returned {f['rows_out_naive']:,} rows but plain pandas {f['rows_out_plain']:,}")
     elif not f["same_ids_naive"]:
         warnings.append("naive returned as many rows as plain pandas, but not the same ids in the same order")
-    for system in ("dj", "naive"):
-        for error in f[f"{system}_latency_errors"][:5]:
-            warnings.append(f"{'datajobs' if system == 'dj' else 'naive'} latency job: {error}")
     return warnings
 
 
@@ -273,14 +221,14 @@ def command(argv):
     return "`make bench` (`" + line + "`)" if line == ".venv/bin/python bench/run.py" else f"`{line}`"
 
 
-def latency_section(f):
-    """The latency and in-memory pipeline figures as ``(tables, notes, warnings)``."""
+def pipeline_section(f):
+    """The in-memory pipeline figures as ``(tables, notes, warnings)``."""
     same = "the same ids in the same order" if f["same_ids_dj"] and f["same_ids_naive"] else "SEE WARNINGS"
     check = (
         f"Output check: datajobs {f['rows_out_dj']:,} rows, naive {f['rows_out_naive']:,}, "
         f"plain pandas {f['rows_out_plain']:,}: {same}."
     )
-    return list(report_rows(f)), [*notes(f), check], output_warnings(f)
+    return [report_rows(f)], [*notes(f), check], output_warnings(f)
 
 
 def scale_section(f):
@@ -317,7 +265,10 @@ def print_report(sections, redis_versions, argv):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], prog="bench/run.py")
-    parser.add_argument("--jobs", type=int, help="one-record jobs per system (default 200)")
+    parser.add_argument("--seconds", type=float,
+                        help="measured seconds of each closed-loop latency run, after its warm-up (default 10)")
+    parser.add_argument("--waiters", type=int, default=latency.WAITERS,
+                        help=f"waiters held open while submissions are timed (default {latency.WAITERS})")
     parser.add_argument("--rows", type=int, help="rows of the in-memory pipeline dataset (default 100000)")
     parser.add_argument("--repeat", type=int, help="runs of the in-memory pipeline per system (default 5)")
     parser.add_argument("--scale-rows", type=int, help="rows of the scale benchmark's CSV (default 1000000)")
@@ -325,25 +276,42 @@ def parse_args(argv):
     parser.add_argument("--huge", action="store_true",
                         help="also run the scale benchmark once on --huge-rows rows (harvester and plain pandas)")
     parser.add_argument("--huge-rows", type=int, default=10_000_000, help="rows of the --huge run (default 10000000)")
+    parser.add_argument("--latency-only", action="store_true", help="run the latency benchmark only")
+    parser.add_argument("--no-latency", action="store_true", help="skip the latency benchmark")
     parser.add_argument("--scale-only", action="store_true", help="run the scale benchmark only")
     parser.add_argument("--no-scale", action="store_true", help="skip the scale benchmark (and --huge)")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 20 jobs, 10,000 rows, 1 run, scale 20,000 rows once (flags still win)")
+                        help="smoke test: latency 2 s per run, 10,000 rows, 1 run, scale 20,000 rows once "
+                             "(flags still win)")
     args = parser.parse_args(argv)
-    names = ("jobs", "rows", "repeat", "scale_rows", "scale_repeat")
-    defaults = (20, 10_000, 1, 20_000, 1) if args.quick else (200, 100_000, 5, 1_000_000, 3)
+    names = ("seconds", "rows", "repeat", "scale_rows", "scale_repeat")
+    defaults = (2, 10_000, 1, 20_000, 1) if args.quick else (10, 100_000, 5, 1_000_000, 3)
     for name, default in zip(names, defaults):
         if getattr(args, name) is None:
             setattr(args, name, default)
-    if min(getattr(args, name) for name in names) < 1 or args.huge_rows < 1:
-        parser.error("--jobs, --rows, --repeat, --scale-rows, --scale-repeat and --huge-rows must be at least 1")
-    if args.scale_only and args.no_scale:
-        parser.error("--scale-only and --no-scale leave nothing to run")
+    if args.seconds <= 0 or min(getattr(args, name) for name in names[1:]) < 1 or args.huge_rows < 1:
+        parser.error("--seconds must be above 0; --rows, --repeat, --scale-rows, --scale-repeat and --huge-rows at least 1")
+    if args.waiters < 1:
+        parser.error("--waiters must be at least 1")
+    if sum((args.latency_only, args.scale_only)) > 1:
+        parser.error("--latency-only and --scale-only leave nothing to run together")
+    if (args.latency_only and args.no_latency) or (args.scale_only and args.no_scale):
+        parser.error("--X-only and --no-X leave nothing to run")
+    args.warmup = 1.0 if args.quick else 2.0
+    args.run_latency = not args.no_latency and not args.scale_only
+    args.run_pipeline = not args.latency_only and not args.scale_only
+    args.run_scale = not args.no_scale and not args.latency_only
     return args
 
 
 def run_latency(args, log_dir):
-    """Benchmarks 1 and 2 on the Redis at ``BENCH_REDIS_URL`` (or one started here); return (section, Redis version)."""
+    """Benchmark 1, each system on a ``redis-server`` of its own; return (section, Redis versions)."""
+    figures = latency.run(args.seconds, args.warmup, log_dir, progress, waiters=args.waiters)
+    return latency.section(figures), [figures[system]["redis_version"] for system in ("datajobs", "naive")]
+
+
+def run_pipeline(args, log_dir):
+    """Benchmark 2 on the Redis at ``BENCH_REDIS_URL`` (or one started here); return (section, Redis version)."""
     with localstack.any_redis(os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL)) as (redis_url, how):
         progress(how)
         db = redis.Redis.from_url(redis_url)
@@ -354,25 +322,30 @@ def run_latency(args, log_dir):
         finally:
             db.flushdb()
             db.close()
-    return latency_section(figures), version
+    return pipeline_section(figures), version
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if not args.no_scale:
+    if args.run_scale:
         memory.check_time()
-        if memory.redis_version() is None:
-            raise SystemExit("bench: the scale benchmark starts redis-server, which is not on the PATH (or pass --no-scale)")
+    if (args.run_scale or args.run_latency) and memory.redis_version() is None:
+        raise SystemExit("bench: the latency and scale benchmarks start redis-server, which is not on the PATH "
+                         "(or pass --no-latency --no-scale)")
     log_dir = Path(tempfile.mkdtemp(prefix="datajobs-bench-"))
     progress(f"logs in {log_dir}")
     started = time.monotonic()
     sections, versions = [], []
-    if not args.scale_only:
-        section, version = run_latency(args, log_dir)
+    if args.run_latency:
+        section, latency_versions = run_latency(args, log_dir)
+        sections.append(section)
+        versions.extend(latency_versions)
+    if args.run_pipeline:
+        section, version = run_pipeline(args, log_dir)
         sections.append(section)
         versions.append(version)
-    if not args.no_scale:
+    if args.run_scale:
         runs = [(args.scale_rows, args.scale_repeat)] + ([(args.huge_rows, 1)] if args.huge else [])
         for rows, repeat in runs:
             figures = scale.run_scale(rows, repeat, log_dir)

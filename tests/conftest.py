@@ -5,6 +5,8 @@ Celery's in-memory transport and cache backend, so a test can count the
 messages that were (or were not) enqueued and set a task's state.
 """
 
+from pathlib import Path
+
 import fakeredis
 import pytest
 
@@ -12,6 +14,17 @@ from app import create_app
 from workers.celery import make_app as make_celery
 
 QUEUE = "datajobs"
+
+#: Folders whose every test starts real processes: marked ``integration`` (``-m "not integration"`` leaves
+#: them out). A ``pytestmark`` in their conftest.py would mark nothing: only test modules' own count.
+INTEGRATION_DIRS = [Path(__file__).parent / name for name in ("faults", "integration")]
+
+
+@pytest.hookimpl(tryfirst=True)  # before the mark plugin's own hook deselects by ``-m``
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(item.path.is_relative_to(folder) for folder in INTEGRATION_DIRS):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture

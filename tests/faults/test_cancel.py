@@ -6,14 +6,12 @@ import pytest
 import requests
 
 import localstack
-from tests.faults.conftest import pids, sleep_step, submit, submit_started, wait_for
-
-GRACE = 3
+from tests.faults.conftest import CANCEL_GRACE, pids, sleep_step, submit, submit_started, wait_for
 
 
 @pytest.fixture(scope="module")
-def stack(start_stack):
-    return start_stack(concurrency=1, CANCEL_GRACE_SECONDS=str(GRACE))
+def stack(shared_stack):
+    return shared_stack("serial")  # one process; CANCEL_GRACE_SECONDS = CANCEL_GRACE
 
 
 def alive(pid):
@@ -71,7 +69,7 @@ def test_a_step_that_overruns_the_grace_period_is_terminated(stack, tmp_path):
     assert wait_for(stack.url, next_job)["status"] == "completed"  # long before the 120 s step would end
     assert pids(pid_file)[-1] != str(pid)
     assert wait_for(stack.url, job_id)["status"] == "cancelled"
-    assert "killing its worker process" in stack.logs()
+    assert f"job {job_id}: cancelled, and a step ran on for {CANCEL_GRACE:g} s; killing its worker process" in stack.logs()
 
 
 def test_cancelling_a_finished_job_is_409_and_changes_nothing(stack):

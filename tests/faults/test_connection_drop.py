@@ -13,18 +13,18 @@ from tests.faults.conftest import pids, sleep_step, submit, submit_started, wait
 
 
 @pytest.fixture(scope="module")
-def stack(start_stack):
-    return start_stack(concurrency=2)  # a free process to take the given-back message
+def stack(shared_stack):
+    return shared_stack("pair")  # a free process to take the given-back message
 
 
-def test_a_job_given_back_on_a_dropped_connection_runs_once(stack, fault_redis, tmp_path):
+def test_a_job_given_back_on_a_dropped_connection_runs_once(stack, tmp_path):
     pid_file = tmp_path / "runs"
     operations = [
         sleep_step(3, pid_file),
         {"name": "add_column", "params": {"name": "ok", "value": True}},
     ]
     job_id = submit_started(stack.url, operations, pid_file)
-    killed = redis.Redis.from_url(fault_redis).client_kill_filter(_type="normal", skipme=True)
+    killed = redis.Redis.from_url(stack.redis_url).client_kill_filter(_type="normal", skipme=True)
     assert killed > 0
 
     body = wait_for(stack.url, job_id, timeout=60)

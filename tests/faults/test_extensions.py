@@ -12,8 +12,8 @@ def catalogue(url):
     return {op["name"]: op for op in requests.get(f"{url}/operations", timeout=10).json()["operations"]}
 
 
-def test_listed_modules_add_operations_that_validate_and_run_like_built_ins(start_stack):
-    stack = start_stack(concurrency=1)
+def test_listed_modules_add_operations_that_validate_and_run_like_built_ins(shared_stack):
+    stack = shared_stack("serial")
     ops = catalogue(stack.url)
     assert TEST_ONLY <= set(ops) and "drop_nulls" in ops
     assert ops["sleep"]["parameters"]["required"] == ["seconds"]
@@ -27,9 +27,9 @@ def test_listed_modules_add_operations_that_validate_and_run_like_built_ins(star
     assert [step["name"] for step in body["data"]["operations"]] == ["sleep", "drop_nulls"]
 
 
-def test_the_default_catalogue_has_no_test_operations(fault_redis, tmp_path):
+def test_the_default_catalogue_has_no_test_operations(shared_stack, tmp_path):
     port = localstack.free_port()
-    gateway = localstack.start_gateway(fault_redis, port, tmp_path / "gateway.log", {"OPERATION_MODULES": ""})
+    gateway = localstack.start_gateway(shared_stack("serial").redis_url, port, tmp_path / "gateway.log", {"OPERATION_MODULES": ""})
     url = f"http://127.0.0.1:{port}"
     try:
         localstack.wait_until(lambda: localstack.live_workers(url) >= 0, 30, "the gateway answering")
@@ -38,4 +38,4 @@ def test_the_default_catalogue_has_no_test_operations(fault_redis, tmp_path):
         refused = submit(url, ["sleep"])
         assert refused.status_code == 400 and refused.json()["error"]["code"] == "unknown_operation"
     finally:
-        localstack.stop(gateway)
+        localstack.stop_quickly(gateway, [])

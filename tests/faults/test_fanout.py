@@ -7,7 +7,6 @@ chunk and logs the process and the chunk's first id.
 
 import os
 import signal
-import time
 
 import pytest
 import redis
@@ -99,8 +98,12 @@ def test_a_cancel_stops_every_chunk_of_the_job(stack, dataset_id, tmp_path):
     localstack.wait_until(lambda: len(runs(pid_file)) >= 2, 30, "two chunks starting")
     response = requests.delete(f"{stack.url}/jobs/{job_id}", timeout=10)
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
-    # The two running chunks stop after their step; the two queued ones never start.
-    time.sleep(5)
+    # The two running chunks stop after their step; the two queued ones never start. A chunk's message is
+    # acknowledged once it has run or been dropped (acks late): with nothing left queued or unacknowledged,
+    # every chunk has had its chance to start, and no chunk can start any more.
+    client = redis.Redis.from_url(stack.redis_url)
+    localstack.wait_until(lambda: client.llen("datajobs") == 0 and client.hlen("unacked") == 0, 30,
+                          "every chunk's message being dealt with")
     assert len(runs(pid_file)) == 2
     assert wait_for(stack.url, job_id)["status"] == "cancelled"
     after = submit(stack, dataset_id, ["drop_nulls"])

@@ -16,8 +16,8 @@ LIMITS = {
 
 
 @pytest.fixture(scope="module")
-def stack(start_stack):
-    return start_stack(concurrency=1, **LIMITS)
+def stack(shared_stack):
+    return shared_stack("serial", **LIMITS)  # limits only the gateway checks: a gateway of its own
 
 
 def deep(levels):
@@ -40,8 +40,8 @@ OVER = [
 
 
 @pytest.mark.parametrize("limit, body", OVER, ids=[f"{limit}-{i}" for i, (limit, _) in enumerate(OVER)])
-def test_a_job_over_a_limit_is_400_and_nothing_is_written_or_queued(stack, fault_redis, limit, body):
-    client = redis.Redis.from_url(fault_redis)
+def test_a_job_over_a_limit_is_400_and_nothing_is_written_or_queued(stack, limit, body):
+    client = redis.Redis.from_url(stack.redis_url)
     before = client.dbsize()
     response = requests.post(f"{stack.url}/jobs", json=body, timeout=10)
     assert response.status_code == 400
@@ -52,8 +52,8 @@ def test_a_job_over_a_limit_is_400_and_nothing_is_written_or_queued(stack, fault
     assert client.llen("datajobs") == 0
 
 
-def test_a_body_over_the_size_limit_is_413(stack, fault_redis):
-    client = redis.Redis.from_url(fault_redis)
+def test_a_body_over_the_size_limit_is_413(stack):
+    client = redis.Redis.from_url(stack.redis_url)
     before = client.dbsize()
     response = requests.post(
         f"{stack.url}/jobs", json={"dataset": [{"t": "s" * 999}] * 100, "operations": []}, timeout=10

@@ -23,4 +23,4 @@ def test_a_job_whose_join_message_is_lost_is_completed_by_the_sweeper(start_stac
                         timeout=10).json()
     done = wait_for(stack.url, job["job_id"], timeout=60)
     assert done["status"] == "completed" and done["data"]["output_items"] == 250
-    assert "join of segment 0 is overdue; sending it again" in stack.logs()
+    assert f"job {job['job_id']}: the join of segment 0 is overdue; sending it again" in stack.logs()

@@ -13,8 +13,8 @@ ALICE, BOB = "alice-7f3c9d2e", "bob-0a1b2c3d"
 
 
 @pytest.fixture(scope="module")
-def stack(start_stack):
-    return start_stack(concurrency=1, API_TOKENS=f"{ALICE},{BOB}")
+def stack(shared_stack):
+    return shared_stack("serial", API_TOKENS=f"{ALICE},{BOB}")  # only the gateway checks tokens: one of its own
 
 
 def auth(token):

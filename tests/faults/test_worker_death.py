@@ -11,11 +11,11 @@ from workers.jobstore import key_for
 
 
 @pytest.fixture(scope="module")
-def stack(start_stack):
-    return start_stack(concurrency=1)
+def stack(shared_stack):
+    return shared_stack("serial")
 
 
-def test_a_job_whose_worker_process_is_killed_runs_again_and_completes_once(stack, fault_redis, tmp_path):
+def test_a_job_whose_worker_process_is_killed_runs_again_and_completes_once(stack, tmp_path):
     pid_file = tmp_path / "pids"
     dataset = [{"id": i, "name": f" item {i} "} for i in range(50)]
     operations = [
@@ -37,7 +37,7 @@ def test_a_job_whose_worker_process_is_killed_runs_again_and_completes_once(stac
     # job's message has been dealt with, and it ran exactly twice.
     assert wait_for(stack.url, submit(stack.url, []).json()["job_id"])["status"] == "completed"
     assert len(pids(pid_file)) == 2
-    client = redis.Redis.from_url(fault_redis)
+    client = redis.Redis.from_url(stack.redis_url)
     assert client.hget(key_for(job_id), "outcome") == b"completed"
     assert wait_for(stack.url, job_id) == body  # nothing overwrote the result
 

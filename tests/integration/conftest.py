@@ -12,7 +12,7 @@ import redis
 
 import localstack
 
-pytestmark = pytest.mark.integration
+# Every test here is marked ``integration`` by tests/conftest.py (a ``pytestmark`` here would not be).
 
 
 @pytest.fixture(scope="session")
@@ -42,5 +42,5 @@ def gateway(redis_url, data_dir, tmp_path_factory):
     """
     log_dir = tmp_path_factory.mktemp("logs")
     env = {"DATA_STORE_URL": f"file://{data_dir}", "CHUNK_ROWS": str(CHUNK_ROWS)}
-    with localstack.stack(redis_url, workers=1, concurrency=1, log_dir=log_dir, extra_env=env) as url:
+    with localstack.stack(redis_url, workers=1, concurrency=1, log_dir=log_dir, extra_env=env, quick_stop=True) as url:
         yield url
