@@ -56,7 +56,7 @@ def create_app(test_config=None):
 
     backend = app.extensions["celery"].backend
     app.extensions["task_meta"] = TaskMeta(backend, app.extensions["jobstore"], settings.result_backend(app.config))
-    app.extensions["job_events"] = waiting.JobEvents(waiting.subscriptions_for(redis_client))
+    app.extensions["job_events"] = waiting.JobEvents(redis_client)
 
     from app import auth, datasets, errors, health, jobs, openapi, operations, results
 

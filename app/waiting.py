@@ -25,7 +25,7 @@ import time
 
 import redis
 
-from workers.jobstore import read_job_event
+from workers.jobstore import EVENTS_CHANNEL, read_job_event
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +37,18 @@ READY_SECONDS = 2.0
 RECONNECT_SECONDS, RECONNECT_CAP_SECONDS = 0.1, 2.0
 
 
-class Subscription:
-    """What one listener subscribes to on one Redis: ``channels`` whose messages are job events
-    (:func:`workers.jobstore.job_event`)."""
-
-    def __init__(self, client, channels):
-        self.client = client
-        self.channels = [_text(channel) for channel in channels]
-
-    @staticmethod
-    def event_of(message):
-        """``(job_id, ended)`` of a pub/sub ``message``, or ``(None, False)``."""
-        if message["type"] == "message":
-            return read_job_event(_text(message["data"]))
-        return None, False
-
-
 class JobEvents:
-    """Wakes the requests of this process that wait on a job when the job changes."""
+    """Wakes the requests of this process that wait on a job when the job changes.
 
-    def __init__(self, subscriptions):
-        self.subscriptions = list(subscriptions)
+    ``client`` is the job store's Redis; its :data:`~workers.jobstore.EVENTS_CHANNEL` carries the events.
+    """
+
+    def __init__(self, client, channel=EVENTS_CHANNEL):
+        self.client, self.channel = client, channel
         self._waiters = {}  # job id -> {threading.Event: ends_only}
         self._lock = threading.Lock()
-        self._pid = None  # the process the listeners run in (gunicorn forks after the app is built)
-        self._ready = []
+        self._pid = None  # the process the listener runs in (gunicorn forks after the app is built)
+        self._ready = threading.Event()
 
     @contextlib.contextmanager
     def watch(self, job_id, ends_only=False):
@@ -88,7 +75,7 @@ class JobEvents:
         with self._lock:
             return sum(len(events) for events in self._waiters.values())
 
-    def notify(self, job_id, ended=True):
+    def notify(self, job_id, ended=False):
         """Wake the waiters of ``job_id`` (only those that watch every change, unless it ``ended``)."""
         with self._lock:
             events = [event for event, ends_only in self._waiters.get(job_id, {}).items() if ended or not ends_only]
@@ -102,45 +89,32 @@ class JobEvents:
             event.set()
 
     def _listen(self):
-        """Start this process's listeners if they are not running; wait (a little) until they have subscribed."""
+        """Start this process's listener if it is not running; wait (a little) until it has subscribed."""
         with self._lock:
             if self._pid != os.getpid():
-                self._pid = os.getpid()
-                self._ready = []
-                for subscription in self.subscriptions:
-                    ready = threading.Event()
-                    self._ready.append(ready)
-                    threading.Thread(
-                        target=self._run, args=(subscription, ready), name="datajobs-job-events", daemon=True
-                    ).start()
-            ready_events = list(self._ready)
-        deadline = time.monotonic() + READY_SECONDS
-        for ready in ready_events:
-            # Not subscribed yet (Redis down?): the waiter reads the job anyway, and its read answers for Redis.
-            ready.wait(max(deadline - time.monotonic(), 0))
+                self._pid, self._ready = os.getpid(), threading.Event()
+                threading.Thread(target=self._run, args=(self._ready,), name="datajobs-job-events", daemon=True).start()
+            ready = self._ready
+        # Not subscribed yet (Redis down?): the waiter reads the job anyway, and its read answers for Redis.
+        ready.wait(READY_SECONDS)
 
-    def _run(self, subscription, ready):
+    def _run(self, ready):
         pause = RECONNECT_SECONDS
         while True:
-            pubsub = subscription.client.pubsub()
+            pubsub = self.client.pubsub()
             try:
-                pubsub.subscribe(*subscription.channels)
-                confirmed = set()
+                pubsub.subscribe(self.channel)
                 while True:
                     message = pubsub.get_message(timeout=LISTEN_SECONDS)
                     if message is None:
                         continue
                     if message["type"] == "subscribe":
                         # Also after redis-py subscribes again by itself: what was published meanwhile is lost.
-                        confirmed.add(_text(message["channel"]))
                         self.notify_all()  # before `ready`: a waiter let go by `ready` is not woken by this
-                        if len(confirmed) >= len(subscription.channels):
-                            ready.set()
-                            pause = RECONNECT_SECONDS
-                        continue
-                    job_id, ended = subscription.event_of(message)
-                    if job_id:
-                        self.notify(job_id, ended)
+                        ready.set()
+                        pause = RECONNECT_SECONDS
+                    elif message["type"] == "message":
+                        self.notify(*read_job_event(_text(message["data"])))
             except redis.RedisError as exc:
                 log.warning("job events: lost the Redis subscription (%s); subscribing again", type(exc).__name__)
                 ready.clear()
@@ -157,10 +131,3 @@ class JobEvents:
 
 def _text(value):
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def subscriptions_for(store_client):
-    """The subscription that covers a gateway's jobs: the job store's events channel."""
-    from workers.jobstore import EVENTS_CHANNEL
-
-    return [Subscription(store_client, channels=[EVENTS_CHANNEL])]

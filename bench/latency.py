@@ -24,6 +24,7 @@ waiters held. Figures are printed, never asserted.
 """
 
 import contextlib
+import datetime
 import http.client
 import json
 import os
@@ -78,8 +79,13 @@ def _body():
 
 
 def datajobs_job(base_url, wait=WAIT_SECONDS):
-    """Run one job through datajobs: ``POST ?wait=``, then ``GET ?wait=`` with If-None-Match until it ends."""
+    """Run one job through datajobs: ``POST ?wait=``, then ``GET ?wait=`` with If-None-Match until it ends.
+
+    ``run.seen_after_end`` collects, per job, the seconds from its ``finished_at`` (the worker's clock,
+    the same machine's) to the client holding the answer: how late a waiter learns of the end.
+    """
     body = _body()
+    seen_after_end = []
 
     def run(session):
         deadline = time.monotonic() + JOB_TIMEOUT
@@ -104,12 +110,16 @@ def datajobs_job(base_url, wait=WAIT_SECONDS):
                 etag, job = response.headers.get("ETag"), response.json()
         else:
             raise JobFailed(f"POST /jobs answered {response.status_code}: {response.text[:200]}")
+        seen = datetime.datetime.now(datetime.timezone.utc)
         if job["status"] != "completed":
             raise JobFailed(f"job {job['job_id']} {job['status']}: {job.get('error')}")
         if job["data"]["data"] != workload.LATENCY_DATASET:
             raise JobFailed(f"job {job['job_id']} returned {job['data']['data']!r}")
+        finished = datetime.datetime.fromisoformat(job["finished_at"].replace("Z", "+00:00"))
+        seen_after_end.append((seen - finished).total_seconds())
         return made
 
+    run.seen_after_end = seen_after_end
     return run
 
 
@@ -262,13 +272,15 @@ def measure_datajobs(seconds, warmup, log_dir, progress, waiters=WAITERS):
             "worker": memory.process_group(stack.workers[0].pid),
             "redis": lambda table, pid=redis_info["pid"]: [pid],
         }
-        loops = {}
+        loops, seen_after_end = {}, {}
         for clients in CLIENTS:
             progress(f"latency: datajobs, {clients} client(s), {warmup:g} s warm-up + {seconds:g} s")
-            loops[clients] = closed_loop(datajobs_job(stack.url), clients, seconds, warmup, finders, redis_url)
+            run = datajobs_job(stack.url)
+            loops[clients] = closed_loop(run, clients, seconds, warmup, finders, redis_url)
+            seen_after_end[clients] = run.seen_after_end
         progress(f"latency: datajobs, {SUBMISSIONS} submissions with no waiters, then with {waiters:,} waiters held")
         held = submit_with_waiters(stack, waiters)
-    return {"loops": loops, "waiters": held, "redis_version": redis_info["version"]}
+    return {"loops": loops, "waiters": held, "redis_version": redis_info["version"], "seen_after_end": seen_after_end}
 
 
 def measure_naive(seconds, warmup, log_dir, progress):
@@ -516,6 +528,11 @@ def notes(f):
     if dj1.requests:
         one = sum(1 for made in dj1.requests if made == 1) / len(dj1.requests)
         notes.append(f"datajobs, 1 client: {one:.0%} of the jobs were answered by the `POST ?wait=` alone (200).")
+    for clients, late in sorted(f["datajobs"].get("seen_after_end", {}).items()):
+        if late:
+            p50, p95 = np.percentile(late, [50, 95])
+            notes.append(f"datajobs, {clients} client(s): a waiter held the answer {ms(p50)} (p50), {ms(p95)} (p95), "
+                         f"{ms(max(late))} (max) after the job's `finished_at` (the worker's clock, this machine's).")
     return notes
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from app.waiting import JobEvents, Subscription
+from app.waiting import JobEvents
 from workers.jobstore import EVENTS_CHANNEL, job_event
 from workers.status import PROGRESS
 
@@ -110,7 +110,7 @@ def test_a_wait_on_an_unknown_job_is_404_at_once(client):
 
 
 def test_events_wake_only_the_waiters_of_their_job(redis):
-    events = JobEvents([Subscription(redis, channels=[EVENTS_CHANNEL])])
+    events = JobEvents(redis)
     with events.watch("a") as a, events.watch("b") as b:
         assert events.waiting == 2
         a.clear(), b.clear()  # as a waiter does before it looks: the subscription's start woke everyone
@@ -121,7 +121,7 @@ def test_events_wake_only_the_waiters_of_their_job(redis):
 
 
 def test_a_waiter_for_the_end_sleeps_through_progress(redis):
-    events = JobEvents([Subscription(redis, channels=[EVENTS_CHANNEL])])
+    events = JobEvents(redis)
     with events.watch("a", ends_only=True) as end, events.watch("a") as every:
         end.clear(), every.clear()
         redis.publish(EVENTS_CHANNEL, job_event("a"))  # progress
