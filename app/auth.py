@@ -14,7 +14,7 @@ from flask import current_app, g, request
 
 from app.errors import error_response
 
-#: Endpoints anyone may call: a load balancer's health check carries no token.
+#: Endpoints anyone may call: a load balancer's health check carries no token (its ``?deep=`` form needs one).
 PUBLIC_ENDPOINTS = frozenset({"health.health"})
 
 
@@ -40,7 +40,7 @@ def _token_matches(token, tokens):
 
 def require_token():
     tokens = current_app.config["API_TOKENS"]
-    if not tokens or request.endpoint in PUBLIC_ENDPOINTS:
+    if not tokens or (request.endpoint in PUBLIC_ENDPOINTS and "deep" not in request.args):
         return None
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()

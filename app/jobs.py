@@ -4,7 +4,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import re
 import time
 
@@ -16,7 +15,7 @@ from flask import Blueprint, Response, current_app, request, url_for
 from app.auth import current_owner
 from app.datasets import find as find_dataset
 from app.errors import BACKEND_ERRORS, error_response
-from app.validation import read_job
+from app.validation import query_seconds, read_job
 from workers import chunks, frames, logs, pipeline
 from workers.celery import RUN_JOB
 from workers.chunks import ChunkWriter
@@ -214,22 +213,7 @@ def cancel(job_id):
 
 def _wait_seconds():
     """The ``wait`` query parameter in seconds (0 < S <= ``MAX_WAIT_SECONDS``), or None when there is none."""
-    text = request.args.get("wait")
-    if text is None:
-        return None
-    limit = current_app.config["MAX_WAIT_SECONDS"]
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds <= limit:  # also refuses nan
-        raise InvalidRequest(
-            "invalid_parameter",
-            f"The 'wait' query parameter must be a number of seconds above 0 and at most {limit:g} "
-            "(MAX_WAIT_SECONDS).",
-            parameter="wait",
-        )
-    return seconds
+    return query_seconds("wait", current_app.config["MAX_WAIT_SECONDS"], "MAX_WAIT_SECONDS")
 
 
 def _await(job_id, seconds, done, ends_only=False):

@@ -288,7 +288,12 @@ def _schemas(config):
         },
         "Health": {
             "type": "object",
-            "properties": {"status": {"const": "ok"}, "redis": {"const": "reachable"}, "workers": _INT},
+            "properties": {
+                "status": {"const": "ok"},
+                "redis": {"const": "reachable"},
+                "workers": {**_INT, "description": "Workers whose heartbeat is recent (3 × HEARTBEAT_SECONDS)."},
+                "workers_answering": {**_INT, "description": "With deep=true: workers that answered a ping."},
+            },
             "required": ["status", "redis", "workers"],
         },
     }
@@ -849,10 +854,23 @@ def _paths(config):
             "get": {
                 "operationId": "health",
                 "tags": ["meta"],
-                "summary": "Is Redis reachable, and how many workers answer a ping.",
+                "summary": "Is Redis reachable, and how many workers are alive (from their heartbeats).",
+                "description": "Open to anyone, one Redis read. With deep=true it also pings every worker "
+                "(a broadcast, waiting HEALTH_PING_TIMEOUT), and then needs a token when API_TOKENS is set.",
                 "security": [],
+                "parameters": [
+                    {
+                        "name": "deep",
+                        "in": "query",
+                        "required": False,
+                        "description": "Also ping every worker through the broker.",
+                        "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+                    }
+                ],
                 "responses": {
                     "200": {"description": "Redis answers.", "content": _json(_ref("Health"))},
+                    "400": _error("`deep` is not true or false.", ["invalid_parameter"]),
+                    "401": _ref("Unauthorized", "responses"),
                     "503": _ref("BackendUnavailable", "responses"),
                 },
             }

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, current_app, request
 
 from app.errors import error_response
 from app.jobs import _find, _not_found, current_status
+from app.validation import query_count, query_flag
 from harvester.formulas import neutralise_array, neutralise_formula
 from workers import chunks, frames
 from workers.errors import InvalidRequest
@@ -41,8 +42,8 @@ def download(job_id):
     if record is None:
         return _not_found(job_id)
     fmt = _format()
-    offset, limit = _count("offset", 0), _count("limit", None)
-    raw = _flag("raw")
+    offset, limit = query_count("offset", 0), query_count("limit", None)
+    raw = query_flag("raw")
     status = current_status(job_id, record)
     if status is not JobStatus.COMPLETED:
         return error_response(
@@ -93,25 +94,6 @@ def _format():
             parameter="format",
         )
     return name
-
-
-def _count(name, default):
-    text = request.args.get(name)
-    if text is None:
-        return default
-    if not (text.isascii() and text.isdigit()):  # isdigit() alone passes '²', which int() refuses
-        raise InvalidRequest(
-            "invalid_parameter", f"The '{name}' query parameter must be a whole number >= 0.", parameter=name
-        )
-    return int(text)
-
-
-def _flag(name):
-    text = request.args.get(name, "false").lower()
-    if text not in ("true", "false", "1", "0"):
-        raise InvalidRequest("invalid_parameter", f"The '{name}' query parameter must be true or false.",
-                             parameter=name)
-    return text in ("true", "1")
 
 
 # --- writers: each a generator of bytes, one chunk at a time --------------------------

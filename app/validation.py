@@ -7,8 +7,10 @@ was exceeded, and never quotes the offending value.
 """
 
 import json
+import math
 from typing import NamedTuple
 
+from flask import request
 from jsonschema import Draft202012Validator
 
 from workers import pipeline
@@ -165,3 +167,45 @@ def _describe(error):
     if error.validator == "oneOf":
         return "The request body must have exactly one of 'dataset' (inline records) and 'dataset_id'."
     return error.message
+
+
+# --- query parameters: each refused with 400 invalid_parameter naming it ----------------
+
+
+def query_count(name, default):
+    """Query parameter ``name`` as a whole number >= 0, or ``default`` when it is absent."""
+    text = request.args.get(name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit()):  # isdigit() alone passes '²', which int() refuses
+        raise InvalidRequest(
+            "invalid_parameter", f"The '{name}' query parameter must be a whole number >= 0.", parameter=name
+        )
+    return int(text)
+
+
+def query_flag(name):
+    """Query parameter ``name`` as true or false (``1``/``0`` too); false when it is absent."""
+    text = request.args.get(name, "false").lower()
+    if text not in ("true", "false", "1", "0"):
+        raise InvalidRequest("invalid_parameter", f"The '{name}' query parameter must be true or false.",
+                             parameter=name)
+    return text in ("true", "1")
+
+
+def query_seconds(name, limit, setting):
+    """Query parameter ``name`` as seconds above 0 and at most ``limit`` (the ``setting``), or None when absent."""
+    text = request.args.get(name)
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= limit:  # also refuses nan
+        raise InvalidRequest(
+            "invalid_parameter",
+            f"The '{name}' query parameter must be a number of seconds above 0 and at most {limit:g} ({setting}).",
+            parameter=name,
+        )
+    return seconds

@@ -18,6 +18,7 @@ Redis keys (all built by :func:`key_for` and :func:`dataset_key`, all expiring a
 - ``datajobs:idempotency:<digest>``  the job an ``Idempotency-Key`` created, for the TTL
 - ``datajobs:joins``            sorted set: segments whose chunks are all done, by when (:data:`FANOUT_INDEX`)
 - ``datajobs:lock:sweeper``     the lock of the worker sweeping overdue joins (:data:`SWEEPER_LOCK`)
+- ``datajobs:workers``          sorted set: live workers by their last heartbeat (:data:`WORKERS_INDEX`)
 
 Pub/sub: every change to a job record that shows in ``GET /jobs/<id>`` (a start, its end, its result
 freed) publishes the job id on ``datajobs:events`` (:data:`EVENTS_CHANNEL`), in the same round trip as
@@ -64,6 +65,8 @@ def dataset_key(dataset_id):
 
 #: Sorted set of fanned-out segments whose every chunk is done, by when: what the sweeper looks at.
 FANOUT_INDEX = f"{KEY_PREFIX}:joins"
+#: Sorted set of workers (Celery hostnames) by the time of their last heartbeat: what ``GET /health`` counts.
+WORKERS_INDEX = f"{KEY_PREFIX}:workers"
 #: Lock held by the one worker sweeping at a time.
 SWEEPER_LOCK = f"{KEY_PREFIX}:lock:sweeper"
 #: Pub/sub channel on which a job's id is published whenever its record changes (waiters wake on it):
@@ -388,6 +391,23 @@ class JobStore:
             pipe.sadd(key_for(job_id, "workers"), worker)
             pipe.expire(key_for(job_id, "workers"), self.ttl)
             pipe.execute()
+
+    def beat(self, worker, keep_seconds=3600):
+        """Note that ``worker`` (a Celery hostname) is alive now: its heartbeat. Heartbeats older than
+        ``keep_seconds`` (workers long gone) are dropped on the way."""
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(WORKERS_INDEX, {worker: now})
+            pipe.zremrangebyscore(WORKERS_INDEX, "-inf", now - keep_seconds)
+            pipe.execute()
+
+    def forget_worker(self, worker):
+        """``worker`` has stopped: it no longer counts as live."""
+        self.redis.zrem(WORKERS_INDEX, worker)
+
+    def live_workers(self, seconds):
+        """How many workers beat within the last ``seconds``."""
+        return self.redis.zcount(WORKERS_INDEX, time.time() - seconds, "+inf")
 
     def workers(self, job_id):
         return sorted(w.decode() for w in self.redis.smembers(key_for(job_id, "workers")))

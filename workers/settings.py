@@ -65,7 +65,10 @@ SETTINGS = {
         Setting("OPERATION_MODULES", (), "Comma-separated modules whose operations are added to the catalogue "
                 "(gateway and workers must agree).", names),
         Setting("LOG_FORMAT", "text", "`text`, or `json` for one JSON object per line (gateway and workers)."),
-        Setting("HEALTH_PING_TIMEOUT", 1.0, "Seconds `GET /health` waits for workers to answer a ping.", float),
+        Setting("HEARTBEAT_SECONDS", 2.0, "Seconds between two heartbeats of a worker in Redis; `GET /health` counts "
+                "the workers heard from within three of them.", float),
+        Setting("HEALTH_PING_TIMEOUT", 1.0, "Seconds `GET /health?deep=true` waits for workers to answer a ping.",
+                float),
         Setting("SWEEP_SECONDS", 5.0, "Seconds between two sweeps of the workers' sweeper, which sends again a join "
                 "overdue by twice as long and removes the chunks of expired jobs from a directory store.", float),
         Setting("TEST_LOSE_JOINS", False, "Tests only: a worker does not send the join after a fanned-out segment, "

@@ -249,6 +249,29 @@ def _start_sweeper(sender=None, **kwargs):
                 log.debug("sweep failed", exc_info=True)
 
     threading.Thread(target=loop, name="datajobs-sweeper", daemon=True).start()
+    _start_heartbeat(getattr(sender, "hostname", None) or "unknown")
+
+
+def _start_heartbeat(hostname):
+    """Beat in Redis every ``HEARTBEAT_SECONDS`` from the worker's main process (``GET /health`` counts beats)."""
+    seconds = settings.get("HEARTBEAT_SECONDS")
+
+    def loop():
+        store = job_store()
+        while True:
+            try:
+                store.beat(hostname)
+            except Exception:  # noqa: BLE001 - Redis blips: beat again next time
+                log.debug("heartbeat failed", exc_info=True)
+            time.sleep(seconds)
+
+    threading.Thread(target=loop, name="datajobs-heartbeat", daemon=True).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_heartbeat(sender=None, **kwargs):
+    with contextlib.suppress(Exception):
+        job_store().forget_worker(getattr(sender, "hostname", None) or "unknown")
 
 
 # --- the job, segment by segment ------------------------------------------------------

@@ -112,10 +112,7 @@ def shared_stacks(tmp_path_factory):
 
 
 def idle(stack, timeout=60):
-    """``stack`` once nothing is queued or unacknowledged in its Redis, its processes all running.
-
-    (Not ``wait_for_workers``: ``/health`` waits out its whole ping timeout, a second, every time.)
-    """
+    """``stack`` once nothing is queued or unacknowledged in its Redis, its processes all running."""
     procs = [stack.gateway, *stack.workers]
     assert all(proc.poll() is None for proc in procs), "a module before stopped a process of a shared stack"
     client = redis.Redis.from_url(stack.redis_url)

@@ -1,11 +1,12 @@
 """The gateway through Flask's test client, with fakeredis and Celery's in-memory broker."""
 
 import json
+import time
 
 import pytest
 
 from workers.celery import RUN_JOB
-from workers.jobstore import key_for
+from workers.jobstore import WORKERS_INDEX, key_for
 from workers.status import PROGRESS
 
 JOB = {
@@ -272,6 +273,30 @@ def test_health_reports_redis_and_workers(client):
     response = client.get("/health")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok", "redis": "reachable", "workers": 0}
+
+
+def test_health_counts_the_workers_whose_heartbeat_is_recent(client, app, redis):
+    store = app.extensions["jobstore"]
+    store.beat("w1@host")
+    store.beat("w2@host")
+    redis.zadd(WORKERS_INDEX, {"gone@host": time.time() - 3 * app.config["HEARTBEAT_SECONDS"] - 1})
+    assert client.get("/health").get_json()["workers"] == 2  # the one silent for three beats is not counted
+    store.forget_worker("w2@host")  # as a worker does when it shuts down
+    assert client.get("/health").get_json() == {"status": "ok", "redis": "reachable", "workers": 1}
+
+
+def test_deep_health_also_pings_the_workers_and_needs_a_token_when_tokens_are_set(client, redis, celery):
+    from app import create_app
+
+    body = client.get("/health?deep=true").get_json()
+    assert body["workers_answering"] == 0  # no worker on the in-memory broker answers
+    assert client.get("/health?deep=maybe").get_json()["error"]["details"] == {"parameter": "deep"}
+    secured = create_app({"TESTING": True, "REDIS": redis, "CELERY": celery, "HEALTH_PING_TIMEOUT": 0.1,
+                          "API_TOKENS": ("s3cret",)}).test_client()
+    assert secured.get("/health").status_code == 200  # a load balancer's check needs no token
+    assert secured.get("/health?deep=true").status_code == 401
+    answer = secured.get("/health?deep=true", headers={"Authorization": "Bearer s3cret"})
+    assert answer.status_code == 200 and "workers_answering" in answer.get_json()
 
 
 def test_health_is_503_json_when_redis_is_down(celery):
