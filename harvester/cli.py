@@ -18,7 +18,7 @@ import sys
 import click
 
 from harvester import __version__
-from harvester.client import DEFAULT_MAX_WAIT, GatewayClient
+from harvester.client import DEFAULT_GATEWAY, DEFAULT_MAX_WAIT, GatewayClient
 from harvester.errors import (
     GatewayError,
     GatewayUnreachable,
@@ -33,8 +33,7 @@ from harvester.io import output_format
 from harvester.operations import load_operations, parse_op
 from harvester.report import format_catalogue, format_job, format_summary
 from harvester.transport import check_token
-from workers import settings
-from workers.status import JobStatus
+from harvester.status import JobStatus
 
 log = logging.getLogger("harvester")
 
@@ -106,12 +105,12 @@ def _configure_logging():
 
 
 def _gateway_option(command):
-    default = settings.SETTINGS["GATEWAY_URL"].default
     return click.option(
         "--gateway",
         metavar="URL",
-        default=lambda: settings.get("GATEWAY_URL"),
-        show_default=f"$GATEWAY_URL, else {default}",
+        envvar="GATEWAY_URL",
+        default=DEFAULT_GATEWAY,
+        show_default=f"$GATEWAY_URL, else {DEFAULT_GATEWAY}",
         help="Base URL of the datajobs gateway.",
     )(command)
 

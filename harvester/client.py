@@ -29,10 +29,13 @@ from harvester.transport import (
     send,
     sleep_until,
 )
-from workers.status import JobStatus
+from harvester.status import JobStatus
 
 log = logging.getLogger(__name__)
 
+#: The gateway the harvester talks to unless ``--gateway`` or ``$GATEWAY_URL`` names another (the settings
+#: table's ``GATEWAY_URL``: ``tests/unit/test_harvester.py`` checks they agree).
+DEFAULT_GATEWAY = "http://127.0.0.1:5000"
 #: Media type of the parts the harvester uploads and of the results it downloads.
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 #: Longest wait, in seconds, of one ``GET /jobs/<id>?wait=`` (the gateway allows up to its ``MAX_WAIT_SECONDS``).
@@ -390,7 +393,7 @@ def gateway_error(response):
 
 
 def job_status(job):
-    """Return the :class:`~workers.status.JobStatus` of a job answer.
+    """Return the :class:`~harvester.status.JobStatus` of a job answer.
 
     Raises:
         ServerError: the answer has no status we know.

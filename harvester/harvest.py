@@ -22,7 +22,7 @@ from harvester.outputs import Output
 from harvester.progress import Display, Task
 from harvester.sources import Source
 from harvester.transport import retry_until
-from workers.status import JobStatus
+from harvester.status import JobStatus
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 import json
 
-from workers.status import JobStatus
+from harvester.status import JobStatus
 
 _OUTCOME_TEXT = {
     "timeout": "timed out",

@@ -169,3 +169,27 @@ def test_a_job_the_gateway_refuses_exits_2_and_writes_nothing(gateway, tmp_path)
     assert result.returncode == 2, result.stderr
     assert "unknown_column" in result.stderr and "no_such_column" in result.stderr
     assert not output.exists()
+
+
+#: Modules whose import would mean the command-line client loaded the server side or the data stack.
+HEAVY = ("celery", "kombu", "pandas", "workers", "app")
+
+
+def imported_by(args):
+    """Run ``python -X importtime -m harvester ARGS``; return (the run, the top-level modules it imported)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "harvester", *args],
+                          capture_output=True, text=True, timeout=60)
+    modules = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in done.stderr.splitlines()
+               if line.startswith("import time:") and "|" in line}
+    return done, modules
+
+
+def test_the_harvester_stands_alone_loading_neither_celery_nor_pandas(gateway):
+    job_id = requests.post(f"{gateway}/jobs?wait=30", json={"dataset": [{"id": 1}], "operations": []},
+                           timeout=40).json()["job_id"]
+    for args in (["--help"], ["status", job_id, "--gateway", gateway]):
+        done, modules = imported_by(args)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "click" in modules  # the import log was read
+        assert not modules & set(HEAVY), (args, sorted(modules & set(HEAVY)))
+    assert "completed" in done.stdout

@@ -618,3 +618,15 @@ def test_catalogue_text_marks_required_parameters_and_defaults():
     assert "columns  default null   array of string or null" in text
     assert 'how      default "any"  one of "any", "all"' in text
     assert "n  required  integer" in text
+
+
+def test_the_harvesters_view_of_the_api_agrees_with_the_gateway():
+    # The harvester keeps its own copies so that it loads neither Celery nor the workers; they must not drift.
+    from harvester import client, status
+    from workers import settings
+    from workers import status as gateway_status
+
+    assert {s.value: s.is_terminal for s in status.JobStatus} == {
+        s.value: s.is_terminal for s in gateway_status.JobStatus
+    }
+    assert client.DEFAULT_GATEWAY == settings.SETTINGS["GATEWAY_URL"].default
