@@ -41,6 +41,7 @@ import os
 import signal
 import threading
 import time
+import traceback
 import uuid
 
 from celery import group, signals
@@ -400,11 +401,24 @@ def _job_errors(store, job_id):
         limit = settings.get("JOB_SOFT_TIME_LIMIT")
         _fail(store, job_id, job_error("time_limit", f"The job ran past the time limit of {limit:g} s."))
     except StepFailed as exc:
-        log.warning("job %s: %s", job_id, exc.message, exc_info=exc.__cause__)
+        # What the job's error says, and where the cause was raised: not its message nor a traceback,
+        # which can quote the cell values that made it fail.
+        log.warning("job %s: %s (%s)", job_id, exc.message, _where(exc.__cause__))
         _fail(store, job_id, exc.to_json())
     except (datastore.StorageFull, *datastore.FULL_ERRORS):
         _fail(store, job_id, job_error("storage_full", "The data store had no room for the job's output; "
                                                        "nothing of it was kept."))
+
+
+def _where(exc):
+    """``ValueError at pandas/core/arrays/…py:123 in _from_sequence``: an exception's type and where it was raised."""
+    if exc is None:
+        return "no cause"
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return type(exc).__name__
+    last = frames[-1]
+    return f"{type(exc).__name__} at {last.filename}:{last.lineno} in {last.name}"
 
 
 class Progress:

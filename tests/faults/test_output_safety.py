@@ -28,10 +28,14 @@ if THIS in settings.get("OPERATION_MODULES"):
 
     @operation({"text": {"type": "string", "description": "What to log, then fail with."}})
     def log_and_fail(df, text):
-        """Log ``text``, then raise it (test-only)."""
+        """Log ``text``, and a traceback quoting it, then raise it (test-only)."""
         if df.empty:
             return df
         logging.getLogger(THIS).warning("user text: %s", text)
+        try:
+            raise RuntimeError(text)
+        except RuntimeError:
+            logging.getLogger(THIS).exception("about to fail")
         raise RuntimeError(text)
 
 
@@ -69,7 +73,11 @@ def test_json_logs_carry_the_job_id_and_keep_user_strings_on_their_line(stack):
     loggers = {record["logger"] for record in ours}
     assert {"celery.worker.strategy", "workers.tasks", THIS, "celery.app.trace"} <= loggers
     assert any(record["message"] == "user text: b\r\nFORGED line" for record in ours)
+    # A traceback that quotes user text stays on its line too (this operation logged one)...
     assert any(record.get("exc_info", "").endswith("RuntimeError: b\r\nFORGED line") for record in ours)
+    # ...but the worker's own line about the failed step carries none: only the error's type and where.
+    failed = [r for r in ours if r["logger"] == "workers.tasks" and "RuntimeError at " in r["message"]]
+    assert failed and not any("exc_info" in record for record in failed), failed
 
 
 def test_failed_job_errors_quote_no_data_and_no_traceback(stack):
@@ -80,6 +88,11 @@ def test_failed_job_errors_quote_no_data_and_no_traceback(stack):
     )
     assert body["status"] == "failed" and body["error"]["operation_index"] == 0
     assert "SECRET" not in json.dumps(body["error"]) and "Traceback" not in json.dumps(body)
+    # The worker's log says which step failed with what type of error, and where, but not the value.
+    lines = [json.loads(line) for line in stack.logs().splitlines() if body["job_id"] in line]
+    failed = [line for line in lines if "Step 0 (cast_types)" in line["message"]]
+    assert failed and " at " in failed[0]["message"] and "exc_info" not in failed[0], failed
+    assert not [line for line in lines if "SECRET" in json.dumps(line)]
 
 
 def run_harvester(stack, source, output, *flags):
