@@ -29,7 +29,7 @@ from harvester.errors import (
     ServerError,
     Unauthorized,
 )
-from harvester.io import output_format
+from harvester.io import output_format, redact_urls
 from harvester.operations import load_operations, parse_op
 from harvester.report import format_catalogue, format_job, format_summary
 from harvester.transport import check_token
@@ -92,9 +92,17 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Every line without the userinfo, query or fragment of the URLs it names (urllib3's retry warnings too):
+    a source URL's credentials or signature must not reach a log."""
+
+    def format(self, record):
+        return redact_urls(super().format(record))
+
+
 def _configure_logging():
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     # urllib3 logs its retries after connection errors at WARNING: show them.
     for name, level in (("harvester", logging.INFO), ("urllib3", logging.WARNING)):
         logger = logging.getLogger(name)

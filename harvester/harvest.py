@@ -167,7 +167,7 @@ class Harvest:
 
     def _upload(self, deadline):
         reader = self.reader
-        log.info("Uploading %s to %s.", self.source, self.client.base_url)
+        log.info("Uploading %s to %s.", io.shown(self.source), self.client.base_url)
         task = self.display.task("Uploading", total=None, unit=reader.unit)
         self.uploader = upload.Upload(
             self.client,
@@ -184,7 +184,7 @@ class Harvest:
         log.info(
             "Uploaded %s from %s as dataset %s (%s, %s).",
             _plural(self.rows_in, "record"),
-            self.source,
+            io.shown(self.source),
             self.uploaded.dataset_id,
             _plural(self.uploaded.parts, "part"),
             _plural(self.uploaded.bytes, "byte"),
@@ -301,7 +301,7 @@ class Harvest:
             "outcome": outcome or (self.status.value if self.status else None),
             "status": self.status.value if self.status else None,
             "job_id": self.job_id,
-            "source": str(self.source) if self.source is not None else None,
+            "source": io.shown(self.source) if self.source is not None else None,
             "gateway": self.client.base_url,
             "dataset_id": self.uploader.dataset_id if self.uploader else None,
             "rows_in": data.get("processed_items", self.rows_in),

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import uuid
 from urllib.parse import urlsplit
 
@@ -41,6 +42,22 @@ WRITE_FORMATS = {
 
 def is_url(source):
     return urlsplit(str(source)).scheme in ("http", "https")
+
+
+#: A URL's userinfo (``user:password@``) and its query or fragment, where credentials and signatures live.
+_SECRET_PARTS = re.compile(r"(?<=://)[^/\s@]+@|(?<=[^\s?#])[?#][^\s'\"]*")
+
+
+def shown(source):
+    """``source`` as it may be logged, printed or kept in a manifest: a URL without its userinfo, query and
+    fragment (a presigned URL's signature, a password); a path as it is. The SHA-256 of the data identifies
+    a source whatever its URL said."""
+    return redact_urls(str(source)) if is_url(source) else str(source)
+
+
+def redact_urls(text):
+    """``text`` with every URL's userinfo, query and fragment cut out (see :func:`shown`)."""
+    return _SECRET_PARTS.sub("", text)
 
 
 def _format(name, formats, what):

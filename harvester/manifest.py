@@ -6,6 +6,7 @@ anyone check that it still is, and ``source_sha256`` which bytes were read.
 """
 
 from harvester import __version__
+from harvester.io import shown
 
 
 def manifest_path(output):
@@ -17,7 +18,8 @@ def build_manifest(*, source, source_sha256, gateway, job, operations, rows_in, 
     """Return the manifest of a completed job as a JSON-ready dict.
 
     Args:
-        source: the source as given (path or URL), or None (``harvester fetch``).
+        source: the source as given (path or URL: kept without its userinfo, query and fragment), or None
+            (``harvester fetch``).
         source_sha256: SHA-256 (hex) of the source's bytes as read, or None.
         gateway: base URL of the gateway.
         job: the gateway's last answer for the job (status ``completed``).
@@ -35,7 +37,7 @@ def build_manifest(*, source, source_sha256, gateway, job, operations, rows_in, 
     data = job.get("data") or {}
     return {
         "harvester_version": __version__,
-        "source": str(source) if source is not None else None,
+        "source": shown(source) if source is not None else None,
         "source_sha256": source_sha256,
         "gateway": gateway,
         "dataset": None

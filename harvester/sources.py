@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 
 from harvester.errors import GatewayUnreachable, InputError
 from harvester.formulas import PLAIN_NUMBER
-from harvester.io import is_url, sha256_file, source_format
+from harvester.io import is_url, redact_urls, sha256_file, shown, source_format
 from harvester.transport import make_session, send
 
 #: Bytes of CSV the streaming reader takes at a time (pyarrow's default is 1 MiB); memory
@@ -111,6 +111,7 @@ class Source:
 
     def __init__(self, location, *, session=None, deadline=None):
         self.location = str(location)
+        self.shown = shown(self.location)  # what messages say: a URL without its credentials or query
         self.format = source_format(self.location)
         self.session, self.deadline = session, deadline
         self.sha256 = self.size = None
@@ -122,7 +123,7 @@ class Source:
         self._json_kinds = None
 
     def __repr__(self):
-        return f"Source({self.location!r})"
+        return f"Source({self.shown!r})"
 
     def batches(self):
         """Read the source from the start; return :class:`Batches` (a schema and an iterator of record batches).
@@ -154,7 +155,7 @@ class Source:
         try:
             f = open(self.location, "rb")
         except OSError as exc:
-            raise InputError(f"Cannot read {self.location}: {exc.strerror}.") from None
+            raise InputError(f"Cannot read {self.shown}: {exc.strerror}.") from None
         with f:
             self.total = os.fstat(f.fileno()).st_size
             yield _Reading(f, self)
@@ -163,10 +164,10 @@ class Source:
         try:
             response = send(self.session or make_session(), "GET", self.location, deadline=self.deadline, stream=True)
         except GatewayUnreachable as exc:
-            raise InputError(f"Cannot fetch {self.location}: {exc}") from None
+            raise InputError(f"Cannot fetch {self.shown}: {redact_urls(str(exc))}") from None
         if response.status_code >= 400:
             response.close()
-            raise InputError(f"Cannot fetch {self.location}: it answered {response.status_code} {response.reason}.")
+            raise InputError(f"Cannot fetch {self.shown}: it answered {response.status_code} {response.reason}.")
         return response
 
     def _finish(self, reading):
@@ -246,7 +247,7 @@ class Source:
             self._csv_names, again = _unique_names(schema.names), True
         for field in schema:
             if pa.types.is_binary(field.type):
-                raise InputError(f"{self.location} is not UTF-8 text (column {field.name!r}).")
+                raise InputError(f"{self.shown} is not UTF-8 text (column {field.name!r}).")
             # Text stays text, as the JSON sources keep it: dates are parsed by cast_types, not on the way in.
             if pa.types.is_temporal(field.type):
                 self._csv_types[field.name], again = pa.string(), True
@@ -282,10 +283,10 @@ class Source:
     def _csv_error(self, exc, what):
         text = str(exc)
         if "Empty CSV file" in text:
-            return InputError(f"{self.location} is empty: it has no header row.")
+            return InputError(f"{self.shown} is empty: it has no header row.")
         if "invalid UTF8" in text:
-            return InputError(f"{self.location} is not UTF-8 text ({text}).")
-        return InputError(f"{self.location} is not a valid {what} file: {text}")
+            return InputError(f"{self.shown} is not UTF-8 text ({text}).")
+        return InputError(f"{self.shown} is not a valid {what} file: {text}")
 
     # JSON and JSON Lines
 
@@ -293,9 +294,9 @@ class Source:
         reading = stack.enter_context(self._open())
         text = io.TextIOWrapper(io.BufferedReader(reading, READ_CHUNK), encoding="utf-8-sig", newline="")
         if self.format == "jsonl":
-            chunks = _json_lines(text, self.location)
+            chunks = _json_lines(text, self.shown)
         else:
-            chunks = _chunks(_json_array(text, self.location))
+            chunks = _chunks(_json_array(text, self.shown))
         first = next(chunks, [])
         if self._json_kinds is None:
             self._json_kinds = _merge_kinds({}, first)[0]
@@ -315,7 +316,7 @@ class Source:
                 changed = [name for name in kinds if self._json_kinds.get(name) != kinds[name]]
                 self._json_kinds = kinds
                 names = ", ".join(map(repr, changed[:5])) + (", ..." if len(changed) > 5 else "")
-                raise Retyped(f"{self.location}: a key first seen late, or values of mixed kinds, in {names}")
+                raise Retyped(f"{self.shown}: a key first seen late, or values of mixed kinds, in {names}")
             if chunk:
                 batch = _json_batch(columns, len(chunk), schema, kinds)
                 del chunk, columns  # before the next chunk is read: one chunk of Python objects at a time
@@ -368,12 +369,12 @@ class Source:
             raise self._binary_error(exc) from None
 
     def _binary_error(self, exc):
-        return InputError(f"{self.location} is not a valid {self.format.capitalize()} file: {exc}")
+        return InputError(f"{self.shown} is not a valid {self.format.capitalize()} file: {exc}")
 
     @contextlib.contextmanager
     def _spooled(self):
         """Download the URL to a temporary file (hashing it on the way); yield its path."""
-        fd, path = tempfile.mkstemp(prefix="harvester-", suffix=os.path.splitext(self.location)[1])
+        fd, path = tempfile.mkstemp(prefix="harvester-", suffix=os.path.splitext(self.shown)[1])
         try:
             with os.fdopen(fd, "wb") as out, self._open() as reading:
                 shutil.copyfileobj(reading, out, READ_CHUNK)

@@ -796,6 +796,31 @@ def test_source_url_is_fetched(gateway):
     assert uploaded(gateway) == [{"a": 1}, {"a": 2}]
 
 
+def test_a_source_urls_credentials_and_signature_reach_no_log_summary_or_manifest(gateway, tmp_path):
+    gateway.on("GET", "/data/in.jsonl?X-Amz-Signature=SIGNED&X-Amz-Credential=KEYID", (200, b'{"a": 1}\n'))
+    run_job(gateway, COMPLETED)
+    output = tmp_path / "out.jsonl"
+    host = gateway.url.split("://", 1)[1]
+    source = f"http://alice:PASSWORD@{host}/data/in.jsonl?X-Amz-Signature=SIGNED&X-Amz-Credential=KEYID"
+
+    result = invoke("run", source, "--output", str(output), "--gateway", gateway.url, "--json")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert gateway.seen("GET", "/data/in.jsonl")  # fetched with its query, as given
+    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+    assert manifest["source"] == f"{gateway.url}/data/in.jsonl" and manifest["source_sha256"]
+    assert json.loads(result.stdout)["source"] == manifest["source"]
+    for text in (result.stdout, result.stderr, json.dumps(manifest)):
+        assert "PASSWORD" not in text and "SIGNED" not in text and "KEYID" not in text
+
+
+def test_a_source_url_that_fails_is_named_without_its_query(gateway):
+    result = invoke("run", f"{gateway.url}/missing.csv?sig=SIGNED", "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.USAGE
+    assert f"{gateway.url}/missing.csv" in result.stderr and "SIGNED" not in result.stderr
+
+
 def test_parquet_source_url_is_spooled_and_read(gateway, tmp_path):
     table = pa.table({"a": [1, 2, 3], "tags": [["x"], [], None]})
     pq.write_table(table, tmp_path / "in.parquet")
