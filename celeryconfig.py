@@ -16,8 +16,11 @@ result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 
-# A job's state goes started -> processing -> completed/failed; STARTED is the hand-over.
-task_track_started = True
+# A job's state goes started -> processing -> completed/failed. A job reads "processing" from its first
+# progress report, which the task writes after it has counted the delivery in the job record: so a job
+# seen processing has had this attempt counted, whatever kills its process next. Celery's own STARTED
+# (written before the task runs: a read and a write more per job) would come before that count.
+task_track_started = False
 # Ack after the task returns, and give the message back if the worker process dies,
 # so a job that was running when its worker was killed runs again.
 task_acks_late = True

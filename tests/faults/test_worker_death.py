@@ -3,8 +3,12 @@
 import os
 import signal
 
+import psutil
 import pytest
 import redis
+import requests
+
+import localstack
 
 from tests.faults.conftest import pids, sleep_step, submit, submit_started, wait_for
 from workers.jobstore import key_for
@@ -56,3 +60,21 @@ def test_a_job_that_kills_its_worker_every_time_fails_worker_lost_while_others_f
         assert other["data"]["data"] == [{"id": 1, "n": i}]
     # And the worker is still there to take new jobs.
     assert wait_for(stack.url, submit(stack.url, []).json()["job_id"])["status"] == "completed"
+
+
+def test_a_job_killed_as_soon_as_it_reads_processing_has_both_deliveries_counted(stack, tmp_path):
+    # Every time: "processing" comes from the job's first progress report, written after the delivery
+    # is counted, so no kill, however early, leaves a delivery uncounted.
+    for round in range(3):
+        job_id = submit(stack.url, [sleep_step(1)], [{"id": round}]).json()["job_id"]
+        seen = []
+        localstack.wait_until(
+            lambda: seen.append(requests.get(f"{stack.url}/jobs/{job_id}", timeout=10).json())
+            or seen[-1]["status"] == "processing",
+            30, f"job {job_id} processing", interval=0.005,
+        )
+        assert seen[-1]["attempts"] == 1, seen[-1]  # the very body that first reads processing counts it
+        for process in psutil.Process(stack.workers[0].pid).children():  # the pool: Celery starts new ones
+            process.kill()
+        body = wait_for(stack.url, job_id)
+        assert body["status"] == "completed" and body["attempts"] == 2, body
