@@ -34,7 +34,6 @@ every Redis key in ``jobstore.py``. What they add is the fault handling:
 """
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -72,11 +71,21 @@ CANCEL_POLL_SECONDS = 0.25
 LEASE_SECONDS = 5
 
 
-@functools.cache
+_stores = {}
+
+
 def job_store():
-    """This worker process's job store (one Redis connection pool per process) and data store."""
-    client, ttl = connect(patient=True), settings.get("JOB_TTL_SECONDS")
-    return JobStore(client, ttl, datastore.open_store(settings.get("DATA_STORE_URL"), client, ttl))
+    """This process's job store and data store: one per process, built in it.
+
+    Never one inherited through a fork: the worker's main process uses its own from threads (the
+    heartbeat, the sweeper), and a pool process forked while one of them held its connection pool's
+    lock would inherit the lock held, and hang on its first Redis command.
+    """
+    pid = os.getpid()
+    if pid not in _stores:
+        client, ttl = connect(patient=True), settings.get("JOB_TTL_SECONDS")
+        _stores[pid] = JobStore(client, ttl, datastore.open_store(settings.get("DATA_STORE_URL"), client, ttl))
+    return _stores[pid]
 
 
 class JobCancelled(Exception):
