@@ -6,9 +6,8 @@ default: both are ``REDIS_URL``) both are read in one round trip; otherwise in t
 the task state is the backend's key for the task, decoded by the backend itself
 (``backend.decode_result``): exactly what ``AsyncResult(job_id).state`` reads.
 
-Connections: ``Celery.backend`` is one object per thread (per greenlet under gevent), each with
-a pool of its own; the gateway keeps one for the process, and reads a Redis backend through a
-bounded, blocking pool (:func:`workers.jobstore.connect`), so a thousand waiters woken at once
+Connections: the gateway's Celery app keeps one backend for the process (``workers.celery.ClientApp``),
+and this reads a Redis backend through the job store's bounded, blocking pool, or one like it (:func:`workers.jobstore.connect`), so a thousand waiters woken at once
 queue for a connection instead of failing with "Too many connections".
 """
 

@@ -20,9 +20,9 @@ Redis keys (all built by :func:`key_for` and :func:`dataset_key`, all expiring a
 - ``datajobs:lock:sweeper``     the lock of the worker sweeping overdue joins (:data:`SWEEPER_LOCK`)
 - ``datajobs:workers``          sorted set: live workers by their last heartbeat (:data:`WORKERS_INDEX`)
 
-Pub/sub: every change to a job record that shows in ``GET /jobs/<id>`` (a start, its end, its result
-freed) publishes the job id on ``datajobs:events`` (:data:`EVENTS_CHANNEL`), in the same round trip as
-the change; progress reaches waiters through Celery's own publish on ``celery-task-meta-<id>``
+Pub/sub: every change that shows in ``GET /jobs/<id>`` (a start, its end, its result freed, and each
+progress report, which ``workers/tasks.py`` writes) publishes a :func:`job_event` on ``datajobs:events``
+(:data:`EVENTS_CHANNEL`), in the same round trip as the change; the gateway's waiters wake on it
 (``app/waiting.py``).
 
 Chunk names in the data store (built by :func:`chunk_name`): ``datasets/<id>/p<part>-<n>.arrow``,
