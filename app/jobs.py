@@ -2,7 +2,6 @@
 
 import contextlib
 import hashlib
-import json
 import logging
 import re
 import time
@@ -240,18 +239,26 @@ def _await(job_id, seconds, done, ends_only=False):
 
 def etag(body):
     """The entity tag of a job body: it changes whenever anything in the body does (status, progress, phase...)."""
-    return hashlib.blake2b(json.dumps(body, sort_keys=True).encode(), digest_size=12).hexdigest()
+    return _tag(current_app.json.dumps(body).encode())
+
+
+def _tag(data):
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
 
 
 def _job_response(body, status=200, headers=None, conditional=True):
-    """A job body with its ``ETag`` (and ``Retry-After`` until it ends); 304 when ``If-None-Match`` names it."""
-    tag = etag(body)
+    """A job body with its ``ETag`` (and ``Retry-After`` until it ends); 304 when ``If-None-Match`` names it.
+
+    The body is encoded once, for the answer and its tag.
+    """
+    data = current_app.json.dumps(body).encode()
+    tag = _tag(data)
     headers = {"ETag": f'"{tag}"', **(headers or {})}
     if not JobStatus(body["status"]).is_terminal:
         headers["Retry-After"] = str(POLL_AFTER_SECONDS)
     if conditional and request.if_none_match.contains_weak(tag):
         return Response(status=304, headers=headers)
-    return body, status, headers
+    return Response(data, status=status, headers=headers, mimetype="application/json")
 
 
 def current_status(job_id, record):

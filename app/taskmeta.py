@@ -7,8 +7,9 @@ the task state is the backend's key for the task, decoded by the backend itself
 (``backend.decode_result``): exactly what ``AsyncResult(job_id).state`` reads.
 
 Connections: the gateway's Celery app keeps one backend for the process (``workers.celery.ClientApp``),
-and this reads a Redis backend through the job store's bounded, blocking pool, or one like it (:func:`workers.jobstore.connect`), so a thousand waiters woken at once
-queue for a connection instead of failing with "Too many connections".
+and this reads a Redis backend through the job store's bounded, blocking pool, or one like it
+(:func:`workers.jobstore.connect`), so a thousand waiters woken at once queue for a connection
+instead of failing with "Too many connections".
 """
 
 from celery import states

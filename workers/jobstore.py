@@ -272,8 +272,7 @@ class JobStore:
             pipe.hincrby(key_for(job_id), "attempts", 1)
             pipe.publish(EVENTS_CHANNEL, job_event(job_id))
             if worker is not None:
-                pipe.sadd(key_for(job_id, "workers"), worker)
-                pipe.expire(key_for(job_id, "workers"), self.ttl)
+                self._add_worker(pipe, job_id, worker)
             attempts = pipe.execute()[1]
         return attempts
 
@@ -388,9 +387,12 @@ class JobStore:
     def add_worker(self, job_id, worker):
         """Remember that ``worker`` (a Celery hostname) worked on the job."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(key_for(job_id, "workers"), worker)
-            pipe.expire(key_for(job_id, "workers"), self.ttl)
+            self._add_worker(pipe, job_id, worker)
             pipe.execute()
+
+    def _add_worker(self, pipe, job_id, worker):
+        pipe.sadd(key_for(job_id, "workers"), worker)
+        pipe.expire(key_for(job_id, "workers"), self.ttl)
 
     def beat(self, worker, keep_seconds=3600):
         """Note that ``worker`` (a Celery hostname) is alive now: its heartbeat. Heartbeats older than

@@ -294,7 +294,7 @@ def _advance(task, store, job_id, record, holder, start, ref, stats):
     stats = stats or {}
     for step in steps:
         stats.setdefault(step.index, runner.new_stats([step])[step.index])
-    table = None  # the last segment's output, when this process made it and it is small enough to keep
+    table = None  # the last segment's output, when this process made it (for an inline result)
     with _watch(store, job_id, holder) as cancelled, _job_errors(store, job_id):
         progress = Progress(task, job_id, len(steps), cancelled)
         for number in range(start, len(plan)):
@@ -327,7 +327,7 @@ def _run_segment(store, job_id, record, number, segment, ref, stats, progress):
         on_progress=_step_reporter(progress), interrupts=INTERRUPTS,
     )
     progress.note(chunks_done=total)  # told with the next report, which follows at once
-    return result, (table if result["rows"] <= settings.get("INLINE_RESULT_ROWS") else None)
+    return result, table
 
 
 def _complete(task, store, job_id, record, steps, output, stats, table=None):
