@@ -27,6 +27,13 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 # One job reserved per worker process at a time: long jobs do not hold others hostage.
 worker_prefetch_multiplier = 1
+# Task events (sent, received, started, succeeded, failed) for a monitor such as Flower
+# (`celery -A workers flower`), which builds its view of every task from them: without
+# these, it sees the workers but no task. They are JSON (event_serializer) and go over
+# Redis pub/sub, so they are dropped, not stored, while nobody listens; both the
+# gateway (which sends the jobs: task-sent) and the workers load this module.
+worker_send_task_events = True
+task_send_sent_event = True
 
 # Time limits. The soft limit raises inside the job, which then ends failed (time_limit);
 # the hard limit kills a worker process stuck where the soft one cannot reach (a C loop).

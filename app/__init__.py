@@ -6,6 +6,7 @@ Start it with ``flask --app app run`` (development) or
 
 from flask import Flask, request
 
+import celeryconfig
 from app import waiting
 from app.taskmeta import TaskMeta
 from workers import datastore, jobstore, logs, settings
@@ -51,14 +52,19 @@ def create_app(test_config=None):
         # A worker rides out an outage; a request must not: the gateway answers 503 at once.
         result_backend_always_retry=False,
         redis_socket_connect_timeout=1,
-        redis_socket_timeout=5,
+        redis_socket_timeout=jobstore.GATEWAY_SOCKET_TIMEOUT,
+        broker_transport_options={
+            **celeryconfig.broker_transport_options,
+            "socket_connect_timeout": 1,
+            "socket_timeout": jobstore.GATEWAY_SOCKET_TIMEOUT,
+        },
     )
 
     backend = app.extensions["celery"].backend
     app.extensions["task_meta"] = TaskMeta(backend, app.extensions["jobstore"], settings.result_backend(app.config))
     app.extensions["job_events"] = waiting.JobEvents(redis_client)
 
-    from app import auth, datasets, errors, health, jobs, openapi, operations, results
+    from app import auth, dashboard, datasets, docs, errors, health, jobs, metrics, openapi, operations, results, workers_view
 
     errors.init_app(app)
     auth.init_app(app)
@@ -67,5 +73,9 @@ def create_app(test_config=None):
     app.register_blueprint(datasets.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(workers_view.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(docs.bp)
+    app.register_blueprint(dashboard.bp)
+    metrics.init_app(app)
     return app

@@ -1,11 +1,14 @@
 """``POST /jobs``, ``GET /jobs/<id>`` and ``DELETE /jobs/<id>``: submit a job, follow it, cancel it."""
 
+import base64
 import contextlib
 import hashlib
 import logging
 import re
 import time
+from datetime import datetime, timezone
 
+import redis
 from billiard.exceptions import WorkerLostError
 from celery import states
 from celery.exceptions import TimeLimitExceeded
@@ -14,14 +17,14 @@ from flask import Blueprint, Response, current_app, request, url_for
 from app.auth import current_owner
 from app.datasets import find as find_dataset
 from app.errors import BACKEND_ERRORS, error_response
-from app.validation import query_seconds, read_job
+from app.validation import query_count, query_flag, query_seconds, read_job
 from workers import chunks, frames, logs, pipeline
 from workers.celery import RUN_JOB
 from workers.chunks import ChunkWriter
 from workers.datasets import READY
 from workers.datastore import StorageFull
 from workers.errors import InvalidRequest, hard_time_limit_error, job_error
-from workers.jobstore import is_job_id, new_job_id
+from workers.jobstore import index_member, is_job_id, new_job_id, read_index_member
 from workers.status import JobStatus, Phase, job_status
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,8 @@ SMALL_INLINE_BYTES = 1024 * 1024
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 #: ``Retry-After`` of the body of a job that has not ended: when a client that does not wait should ask again.
 POLL_AFTER_SECONDS = 1
+#: ``Retry-After`` of a ``429 too_many_jobs``: when a client at its quota should submit again.
+QUOTA_RETRY_SECONDS = 5
 
 
 def _store():
@@ -58,41 +63,44 @@ def submit():
     """
     key = _idempotency_key()
     wait = _wait_seconds()
+    dry_run = query_flag("dry_run")
     job = read_job(request, current_app.config)
     owner, store, job_id = current_owner(), _store(), new_job_id()
     if job.dataset_id is not None:
         input_ref = _dataset_input(job.dataset_id)
-        pipeline.check_columns(job.steps, chunks.schema_of(input_ref))
+        schema = chunks.schema_of(input_ref)
+        pipeline.check_columns(job.steps, schema)
+        rows = input_ref["rows"]
     else:
         table = frames.records_to_table(job.dataset)
-        pipeline.check_columns(job.steps, table.schema)
-        input_ref = _store_inline(job_id, table)
+        schema, rows = table.schema, table.num_rows
+        pipeline.check_columns(job.steps, schema)
+    if dry_run:
+        return _plan(job.steps, schema, rows)
+    digest = hashlib.sha256(request.get_data()).hexdigest() if key else None
+    if key and (earlier := store.find_idempotency_key(owner, key)) is not None:
+        return _replay(key, *earlier, digest)  # a retry: no new job, so no quota to spend
+    # Per token: an open gateway (no API_TOKENS) has no one to tell apart, so no quota.
+    limit = current_app.config["MAX_ACTIVE_JOBS_PER_TOKEN"] if owner else 0
+    if limit and not store.claim_slot(owner, job_id, limit):
+        return error_response(
+            429,
+            "too_many_jobs",
+            f"This token has {limit} jobs queued or running (MAX_ACTIVE_JOBS_PER_TOKEN); submit again once "
+            "some have ended.",
+            headers={"Retry-After": str(QUOTA_RETRY_SECONDS)},
+            limit=limit,
+        )
+    try:
+        replay = _enqueue(store, owner, job_id, job, input_ref if job.dataset_id is not None else table, key, digest)
+    except BaseException as exc:
+        if limit and not _unresponsive(exc):
+            with contextlib.suppress(Exception):  # best effort: Redis may be the thing that is down
+                store.release_slot(owner, job_id)
+        raise
+    if replay is not None:  # a retry that raced its first try: that one's answer
+        return replay
     steps = job.steps
-    logs.bind_job(job_id)
-    operations = [step.to_json() for step in steps]
-    try:
-        store.create(job_id, operations, input_ref, owner=owner)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            store.data.delete(store.owned_chunks({"input": input_ref}, ("input",)))
-        raise
-    try:
-        if key:
-            # Claimed after the record exists, so whoever finds the claim finds the job.
-            digest = hashlib.sha256(request.get_data()).hexdigest()
-            earlier = store.claim_idempotency_key(owner, key, digest, job_id)
-            if earlier is not None:
-                store.delete(job_id)
-                return _replay(key, *earlier, digest)
-        # The message carries the job id only; the data waits in the job store.
-        _celery().send_task(RUN_JOB, args=[job_id], task_id=job_id)
-    except BACKEND_ERRORS:
-        with contextlib.suppress(*BACKEND_ERRORS):  # best effort: Redis may be the thing that is down
-            store.delete(job_id)
-            if key:
-                store.release_idempotency_key(owner, key)
-        raise
-    rows = input_ref["rows"]
     log.info("job %s accepted: %d records, %d operations", job_id, rows, len(steps))
     location = url_for("jobs.show", job_id=job_id)
     if wait is not None:
@@ -105,6 +113,62 @@ def submit():
         "message": f"Job accepted: {rows} items, {len(steps)} operations. Follow it at {location}.",
     }
     return body, 202, {"Location": location}
+
+
+def _enqueue(store, owner, job_id, job, data, key, digest):
+    """Store the job's data and record, claim its ``Idempotency-Key``, send its message.
+
+    ``data`` is the input reference of an uploaded dataset, or the table of an inline one. Returns None,
+    or the answer to give instead when a concurrent try with the same key created the job first.
+    """
+    input_ref = _store_inline(job_id, data) if job.dataset_id is None else data
+    logs.bind_job(job_id)
+    try:
+        store.create(job_id, [step.to_json() for step in job.steps], input_ref, owner=owner)
+    except BaseException as exc:
+        if not _unresponsive(exc):
+            with contextlib.suppress(Exception):
+                store.data.delete(store.owned_chunks({"input": input_ref}, ("input",)))
+        raise
+    try:
+        if key:
+            # Claimed after the record exists, so whoever finds the claim finds the job.
+            earlier = store.claim_idempotency_key(owner, key, digest, job_id)
+            if earlier is not None:
+                store.delete(job_id)
+                return _replay(key, *earlier, digest)
+        # The message carries the job id only; the data waits in the job store.
+        _celery().send_task(RUN_JOB, args=[job_id], task_id=job_id)
+    except BACKEND_ERRORS:
+        with contextlib.suppress(*BACKEND_ERRORS):  # best effort: Redis may be the thing that is down
+            store.delete(job_id)
+            if key:
+                store.release_idempotency_key(owner, key)
+        raise
+    return None
+
+
+def _unresponsive(exc):
+    """True when ``exc`` says Redis took a command and did not answer it (frozen, or behind a partition):
+    a cleanup would wait as long again for nothing, so the 503 goes at once (what was written expires)."""
+    return isinstance(exc, redis.TimeoutError)
+
+
+def _plan(steps, schema, rows):
+    """The answer of ``POST /jobs?dry_run=true``: the columns after each step; nothing stored or queued."""
+    after = pipeline.plan(steps, schema)
+    known = sum(columns is not None for columns in after)
+    message = f"Valid: {rows} rows, {len(steps)} operations; nothing was stored or queued."
+    if known < len(steps):
+        message += (f" The columns after step {known} ({steps[known].name}) depend on the data, so they are "
+                    "not shown from there on.")
+    return {
+        "dry_run": True,
+        "rows": rows,
+        "columns": frames.describe_columns(schema),
+        "steps": [{"index": step.index, "name": step.name, "columns": columns} for step, columns in zip(steps, after)],
+        "message": message,
+    }
 
 
 def _dataset_input(dataset_id):
@@ -159,6 +223,100 @@ def _replay(key, job_id, digest, new_digest):
     log.info("job %s: returned again for a retried request (Idempotency-Key)", job_id)
     return _job_response(_job_body(job_id, record), headers={"Location": url_for("jobs.show", job_id=job_id)},
                          conditional=False)
+
+
+@bp.get("/jobs")
+def index():
+    """List the caller's jobs, newest first: filters ``status``, ``created_after``, ``created_before``; pages of
+    ``limit`` with an opaque ``cursor`` (the body's ``next``, also in a ``Link: rel="next"`` header)."""
+    statuses = _statuses()
+    after, before = _moment("created_after"), _moment("created_before")
+    limit = query_count("limit", DEFAULT_PAGE)
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidRequest("invalid_parameter", f"The 'limit' query parameter must be from 1 to {MAX_PAGE}.",
+                             parameter="limit")
+    position = _cursor() or (None if before is None else index_member(before.timestamp()))
+    low = None if after is None else index_member(after.timestamp()) + "~"  # "~" sorts after every id
+    owner, store, jobs, scanned = current_owner(), _store(), [], 0
+    more = True
+    while more and len(jobs) < limit and scanned < MAX_SCANNED:
+        want = min(limit - len(jobs), MAX_SCANNED - scanned)
+        members = store.page(owner, before=position, after=low, count=want + 1)  # one more: is there a next?
+        more = len(members) > want
+        members = members[:want]
+        scanned += len(members)
+        found = _task_meta().read_many([read_index_member(member) for member in members])
+        store.unindex(owner, [member for member, (record, _) in zip(members, found) if record is None])
+        for member, (record, meta) in zip(members, found):
+            if record is not None and record.get("owner", "") == owner:
+                body = _job_body(read_index_member(member), record, meta)
+                if not statuses or body["status"] in statuses:
+                    jobs.append(_listed(body))
+            position = member
+    following = _page_token(position) if more else None
+    headers = {}
+    if following:
+        link = url_for("jobs.index", **{**request.args.to_dict(flat=False), "cursor": following})
+        headers["Link"] = f'<{link}>; rel="next"'
+    return {"jobs": jobs, "next": following}, 200, headers
+
+
+#: ``GET /jobs``: jobs per page by default and at most, and index entries one request reads at most
+#: (a page filtered by status may come back short, with a ``next`` to go on from).
+DEFAULT_PAGE, MAX_PAGE, MAX_SCANNED = 50, 500, 2000
+
+
+def _listed(body):
+    """A job's body as ``GET /jobs`` lists it: without its inline result rows."""
+    if body["data"] is not None:
+        body["data"] = {**body["data"], "data": None}
+    return body
+
+
+def _statuses():
+    names = [name.strip() for value in request.args.getlist("status") for name in value.split(",") if name.strip()]
+    known = {status.value for status in JobStatus}
+    for name in names:
+        if name not in known:
+            raise InvalidRequest(
+                "invalid_parameter",
+                f"The 'status' query parameter must be one of {', '.join(sorted(known))}; got {name!r}.",
+                parameter="status",
+            )
+    return set(names)
+
+
+def _moment(name):
+    """Query parameter ``name`` as an aware datetime (ISO 8601; UTC when it names no zone), or None."""
+    text = request.args.get(name)
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest("invalid_parameter", f"The '{name}' query parameter must be an ISO 8601 date and "
+                             "time, such as 2026-12-03T17:00:00Z.", parameter=name) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _page_token(member):
+    return base64.urlsafe_b64encode(member.encode()).decode().rstrip("=")
+
+
+def _cursor():
+    """The index member the ``cursor`` query parameter names (the page goes on after it), or None."""
+    text = request.args.get("cursor")
+    if text is None:
+        return None
+    try:
+        member = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        created, _, job_id = member.partition(":")
+        if len(created) == 13 and created.isdigit() and is_job_id(job_id):
+            return member
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise InvalidRequest("invalid_parameter", "The 'cursor' query parameter is not one this gateway gave: pass "
+                         "the 'next' of the page before, unchanged.", parameter="cursor")
 
 
 @bp.get("/jobs/<job_id>")

@@ -15,8 +15,8 @@ import importlib.metadata
 
 from flask import Blueprint, current_app
 
-from app import results, uploads
-from app.jobs import IDEMPOTENCY_KEY
+from app import dashboard, docs, results, uploads
+from app.jobs import DEFAULT_PAGE, IDEMPOTENCY_KEY, MAX_PAGE
 from app.validation import JOB_SCHEMA
 from workers import datasets
 from workers.errors import ColumnNotFound, MissingParameter, ParameterError, UnexpectedParameter, UnknownOperation
@@ -296,6 +296,69 @@ def _schemas(config):
             },
             "required": ["status", "redis", "workers"],
         },
+        "JobList": {
+            "type": "object",
+            "description": "A page of the caller's jobs, newest first.",
+            "properties": {
+                "jobs": {
+                    "type": "array",
+                    "items": _ref("Job"),
+                    "description": "Each job's body as GET /jobs/{job_id} gives it, without `data.data` (null).",
+                },
+                "next": {"type": ["string", "null"], "description": "The cursor of the next page; null at the end."},
+            },
+            "required": ["jobs", "next"],
+        },
+        "Workers": {
+            "type": "object",
+            "properties": {
+                "workers": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string", "description": "The worker's Celery hostname."},
+                            "last_seen": {**_nullable(_TIME), "description": "Its last heartbeat (null: it holds "
+                                          "a job whose lease has yet to run out, but beats no more)."},
+                            "running": {**_INT, "description": "Tasks (jobs, chunks, joins) it runs now."},
+                            "jobs": {"type": "array", "items": {"type": "string", "format": "uuid"},
+                                     "description": "Which of the caller's jobs it runs now."},
+                        },
+                        "required": ["name", "last_seen", "running", "jobs"],
+                    },
+                },
+                "queue_depth": {**_INT, "description": "Messages waiting in the queue (jobs, chunks, joins)."},
+                "jobs_running": {**_INT, "description": "Jobs some worker runs now, everyone's."},
+            },
+            "required": ["workers", "queue_depth", "jobs_running"],
+        },
+        "DryRun": {
+            "type": "object",
+            "description": "What POST /jobs?dry_run=true found: the job is valid; nothing was stored or queued.",
+            "properties": {
+                "dry_run": {"const": True},
+                "rows": _INT,
+                "columns": {"type": "array", "items": _ref("Column"), "description": "The input's columns."},
+                "steps": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "index": _INT,
+                            "name": {"type": "string"},
+                            "columns": {
+                                "anyOf": [{"type": "null"}, {"type": "array", "items": _ref("Column")}],
+                                "description": "The columns after this step; null from the first step whose "
+                                "outcome depends on the data.",
+                            },
+                        },
+                        "required": ["index", "name", "columns"],
+                    },
+                },
+                "message": {"type": "string"},
+            },
+            "required": ["dry_run", "rows", "columns", "steps", "message"],
+        },
     }
 
 
@@ -408,6 +471,14 @@ def _submit(config, operation_id, summary, deprecated=False):
             },
             _wait_parameter(config, "after enqueueing, for the job to end: if it does, the answer is 200 with its "
                             "final body, else 202 as without `wait`"),
+            {
+                "name": "dry_run",
+                "in": "query",
+                "required": False,
+                "description": "Run every check of the submission and answer 200 with the columns after each "
+                "step (DryRun), storing and queueing nothing.",
+                "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+            },
         ],
         "requestBody": {
             "required": True,
@@ -422,9 +493,9 @@ def _submit(config, operation_id, summary, deprecated=False):
             },
             "200": {
                 "description": "With `wait`, the job ended within it: its final body. Or a retry with an "
-                "Idempotency-Key already used with this body: the job it created.",
-                "headers": {**_LOCATION, **_ETAG},
-                "content": _json(_ref("Job")),
+                "Idempotency-Key already used with this body: the job it created. Or, with `dry_run`, the plan (without these headers).",
+                "headers": {name: {**header, "required": False} for name, header in {**_LOCATION, **_ETAG}.items()},
+                "content": _json({"oneOf": [_ref("Job"), _ref("DryRun")]}),
                 "links": _links("$response.body#/job_id", "job_id", JOB_LINKS),
             },
             "400": _error(
@@ -443,6 +514,11 @@ def _submit(config, operation_id, summary, deprecated=False):
             ),
             "413": _error("The body is larger than MAX_CONTENT_LENGTH.", ["payload_too_large"]),
             "415": _error("The body is not `application/json`.", ["unsupported_media_type"]),
+            "429": _error(
+                "The token has MAX_ACTIVE_JOBS_PER_TOKEN jobs queued or running; submit again after Retry-After.",
+                ["too_many_jobs"],
+                headers={"Retry-After": {"required": True, "schema": _INT}},
+            ),
             "503": _ref("BackendUnavailable", "responses"),
             "507": _ref("StorageFull", "responses"),
         },
@@ -774,10 +850,54 @@ def _result_paths(job_id):
     }
 
 
+def _list_jobs():
+    moment = {"type": "string", "format": "date-time"}
+    return {
+        "operationId": "listJobs",
+        "tags": ["jobs"],
+        "summary": "The caller's jobs, newest first, a page at a time.",
+        "description": "Each item is the job's body without its inline rows. A page filtered by status may hold "
+        "fewer than `limit` jobs and still have a `next`.",
+        "parameters": [
+            {
+                "name": "status",
+                "in": "query",
+                "required": False,
+                "description": "Only jobs in these statuses (repeat it, or separate them with commas).",
+                "schema": {"type": "array", "items": _ref("JobStatus")},
+                "style": "form",
+                "explode": True,
+            },
+            {"name": "created_after", "in": "query", "required": False, "schema": moment,
+             "description": "Only jobs created after this moment (ISO 8601; UTC when it names no zone)."},
+            {"name": "created_before", "in": "query", "required": False, "schema": moment,
+             "description": "Only jobs created before this moment."},
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}},
+            {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "The `next` of the page before, as it was given."},
+        ],
+        "responses": {
+            "200": {
+                "description": "A page of jobs.",
+                "headers": {"Link": {"description": 'The next page: `<url>; rel="next"` (absent on the last).',
+                                     "schema": {"type": "string"}}},
+                "content": _json(_ref("JobList")),
+            },
+            "400": _error("A query parameter is not valid.", ["invalid_parameter"]),
+            "401": _ref("Unauthorized", "responses"),
+            "503": _ref("BackendUnavailable", "responses"),
+        },
+    }
+
+
 def _paths(config):
     job_id = _id_parameter("job_id", "POST /jobs")
     return {
-        "/jobs": {"post": _submit(config, "submitJob", "Submit a job: a dataset and the operations to run over it.")},
+        "/jobs": {
+            "get": _list_jobs(),
+            "post": _submit(config, "submitJob", "Submit a job: a dataset and the operations to run over it."),
+        },
         "/process": {
             "post": _submit(config, "submitJobLegacy", "The same as POST /jobs: the earlier route, kept for its clients.", True)
         },
@@ -850,6 +970,18 @@ def _paths(config):
                 },
             }
         },
+        "/workers": {
+            "get": {
+                "operationId": "listWorkers",
+                "tags": ["meta"],
+                "summary": "The live workers (from their heartbeats), what each runs now, and the queue depth.",
+                "responses": {
+                    "200": {"description": "The workers.", "content": _json(_ref("Workers"))},
+                    "401": _ref("Unauthorized", "responses"),
+                    "503": _ref("BackendUnavailable", "responses"),
+                },
+            }
+        },
         "/health": {
             "get": {
                 "operationId": "health",
@@ -875,17 +1007,122 @@ def _paths(config):
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "tags": ["meta"],
+                "summary": "Prometheus figures: jobs submitted, finished, their durations and steps' seconds, jobs "
+                "running, queue depth, and this gateway's HTTP requests.",
+                "description": "The Prometheus text format. The job figures are every gateway's (kept in Redis); "
+                "the request counts this gateway's, all its processes added up. Open to anyone, also with "
+                "API_TOKENS set; with METRICS_TOKEN set it needs `Authorization: Bearer <METRICS_TOKEN>` (401).",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The figures.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": _error(
+                        "The server has METRICS_TOKEN set and the request has no `Authorization: Bearer "
+                        "<METRICS_TOKEN>`.",
+                        ["unauthorized"],
+                        headers={"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
+                    ),
+                    "503": _ref("BackendUnavailable", "responses"),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
                 "tags": ["meta"],
                 "summary": "This document.",
+                "description": "Open to anyone, like GET /docs, which reads it: it holds no data.",
+                "security": [],
                 "responses": {
                     "200": {
                         "description": "The OpenAPI 3.1 document.",
                         "content": _json({"type": "object", "required": ["openapi", "info", "paths"]}),
                     },
-                    "401": _ref("Unauthorized", "responses"),
+                },
+            }
+        },
+        **_docs_paths(),
+        **_dashboard_paths(),
+    }
+
+
+def _docs_paths():
+    """``GET /docs`` and its Swagger UI files (``app/docs.py``): open to anyone, like this document."""
+    files = docs.served_files()
+    return {
+        "/docs": {
+            "get": {
+                "operationId": "docs",
+                "tags": ["meta"],
+                "summary": "Interactive docs of this API (Swagger UI over GET /openapi.json).",
+                "description": "An HTML page; its scripts and styles come from /docs/{filename}, nothing from another "
+                "host. Its Authorize button takes a token for the calls made with \"Try it out\".",
+                "security": [],
+                "responses": {
+                    "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+                },
+            }
+        },
+        "/docs/{filename}": {
+            "get": {
+                "operationId": "docsAsset",
+                "tags": ["meta"],
+                "summary": "A file of Swagger UI, for GET /docs.",
+                "security": [],
+                "parameters": [
+                    {"name": "filename", "in": "path", "required": True, "schema": {"enum": list(files)}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "content": {media: {"schema": {"type": "string"}} for media in sorted(set(files.values()))},
+                    },
+                    "404": _error("No such file.", ["not_found"]),
+                },
+            }
+        },
+    }
+
+
+def _dashboard_paths():
+    """``GET /`` and its files (``app/dashboard.py``): open to anyone; the page asks for a token itself."""
+    files = dashboard.served_files()
+    return {
+        "/": {
+            "get": {
+                "operationId": "dashboard",
+                "tags": ["meta"],
+                "summary": "The operator's dashboard: jobs, their progress and detail, the workers (an HTML page).",
+                "description": "Its script and style come from /dashboard/{filename}, nothing from another host; "
+                "it shows what GET /jobs, GET /jobs/{job_id} and GET /workers answer, and cancels with DELETE "
+                "/jobs/{job_id}. With API_TOKENS set it asks for a token and sends it with each of those calls.",
+                "security": [],
+                "responses": {
+                    "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}
+                },
+            }
+        },
+        "/dashboard/{filename}": {
+            "get": {
+                "operationId": "dashboardAsset",
+                "tags": ["meta"],
+                "summary": "A file of the dashboard, for GET /.",
+                "security": [],
+                "parameters": [
+                    {"name": "filename", "in": "path", "required": True, "schema": {"enum": list(files)}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "content": {media: {"schema": {"type": "string"}} for media in sorted(set(files.values()))},
+                    },
+                    "404": _error("No such file.", ["not_found"]),
                 },
             }
         },
@@ -910,7 +1147,7 @@ def build_document(config):
             "the job; download the result. "
             "Every error is `{\"error\": {\"code\", \"message\", \"details\"}}`: an unknown path is 404 not_found, "
             "a method a path does not have is 405 method_not_allowed. Bearer tokens are required only when the "
-            "server is configured with API_TOKENS; /health never needs one.",
+            "server is configured with API_TOKENS; /health, /docs and this document never need one.",
         },
         "tags": [
             {"name": "jobs", "description": "Submit, follow and cancel jobs; download their results."},

@@ -43,6 +43,20 @@ class TaskMeta:
         record, raw = self.store.get_with(job_id, self.backend.get_key_for_task(job_id))
         return record, self._decode(raw)
 
+    def read_many(self, job_ids):
+        """``[(record, meta)]`` of ``job_ids``, as :meth:`read` gives each, in one round trip (two when the
+        backend is elsewhere)."""
+        with self.store.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(jobstore.key_for(job_id))
+                if self.shared:
+                    pipe.get(self.backend.get_key_for_task(job_id))
+            raw = pipe.execute()
+        if self.shared:
+            return [(self.store.decode(raw[2 * i]), self._decode(raw[2 * i + 1])) for i in range(len(job_ids))]
+        records = [self.store.decode(item) for item in raw]
+        return [(record, self.meta(job_id) if record is not None else None) for job_id, record in zip(job_ids, records)]
+
     def meta(self, job_id):
         """The task meta of ``job_id`` (``{"status", "result", ...}``), PENDING when Celery knows nothing of it."""
         if not self.redis_backend:

@@ -1,9 +1,13 @@
-"""The ``harvester`` command line: ``run``, ``fetch``, ``operations`` and ``status``.
+"""The ``harvester`` command line: ``run``, ``wait``, ``fetch``, ``jobs``, ``status``, ``cancel``, ``operations``.
 
 Logs go to stderr (with progress bars when it is a terminal); with ``--json``
 stdout holds exactly one JSON document.
 Exit codes are :class:`ExitCode`; :data:`JOB_OUTCOMES` says which a job's end
 status gives, :data:`ERROR_OUTCOMES` which error ends with which.
+
+Ctrl-C during ``run`` or ``wait`` leaves the job running at the gateway (``run
+--cancel-on-interrupt`` cancels it), says how to go on (``harvester wait``,
+``harvester cancel``) and exits 130, as a shell reports a command stopped by SIGINT.
 
 Every command that talks to the gateway takes ``--token`` (or ``$GATEWAY_TOKEN``);
 the token is sent as ``Authorization: Bearer`` and never printed or logged.
@@ -14,11 +18,12 @@ import json
 import logging
 import os
 import sys
+import time
 
 import click
 
 from harvester import __version__
-from harvester.client import DEFAULT_GATEWAY, DEFAULT_MAX_WAIT, GatewayClient
+from harvester.client import DEFAULT_GATEWAY, DEFAULT_MAX_WAIT, GatewayClient, job_status
 from harvester.errors import (
     GatewayError,
     GatewayUnreachable,
@@ -31,7 +36,7 @@ from harvester.errors import (
 )
 from harvester.io import output_format, redact_urls
 from harvester.operations import load_operations, parse_op
-from harvester.report import format_catalogue, format_job, format_summary
+from harvester.report import format_catalogue, format_job, format_jobs, format_plan, format_summary
 from harvester.transport import check_token
 from harvester.status import JobStatus
 
@@ -47,6 +52,7 @@ class ExitCode(enum.IntEnum):
     TIMEOUT = 3
     UNREACHABLE = 4  # the gateway was unreachable (or failing with a 5xx) until the deadline
     CANCELLED = 5  # the job was cancelled (DELETE /jobs/<id>) before it completed
+    INTERRUPTED = 130  # Ctrl-C (SIGINT): 128 + 2, what a shell reports for a command SIGINT stopped
 
 
 #: Exit code of a run whose job ended, by the job's status.
@@ -103,7 +109,8 @@ class _RedactingFormatter(logging.Formatter):
 def _configure_logging():
     handler = _StderrHandler()
     handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    # urllib3 logs its retries after connection errors at WARNING: show them.
+    # urllib3's warnings are shown; its own line for each retry is not: the harvester's Retry logs a short one
+    # (harvester.transport.GatewayRetry).
     for name, level in (("harvester", logging.INFO), ("urllib3", logging.WARNING)):
         logger = logging.getLogger(name)
         for old in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
@@ -205,10 +212,16 @@ def _display():
     return display(sys.stderr)
 
 
-def _finish(harvest, call, as_json):
-    """Run ``call`` (the harvest's ``run`` or ``fetch``), print the summary, exit with its code."""
+def _finish(harvest, call, as_json, *, raw_csv=False, cancel_on_interrupt=False):
+    """Run ``call`` (the harvest's ``run``, ``follow`` or ``fetch``), print the summary, exit with its code.
+
+    Ctrl-C exits 130 after saying how to go on (:func:`_interrupted`), rather than click's "Aborted!" and 1.
+    """
     try:
-        summary = call()
+        try:
+            summary = call()
+        except KeyboardInterrupt:
+            _interrupted(harvest, raw_csv=raw_csv, cancel=cancel_on_interrupt)
         code = JOB_OUTCOMES[harvest.status]
     except HarvesterError as exc:
         code, outcome = outcome_of(exc)
@@ -221,10 +234,84 @@ def _finish(harvest, call, as_json):
     sys.exit(code)
 
 
+def _interrupted(harvest, *, raw_csv=False, cancel=False):
+    """Ctrl-C: say where the harvest stopped and how to go on (or cancel its job), then exit 130."""
+    try:
+        for line in _interruption(harvest, raw_csv, cancel):
+            click.echo(line, err=True)
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C: stop there
+    sys.exit(ExitCode.INTERRUPTED)
+
+
+#: Seconds a cancel after Ctrl-C may take (``run --cancel-on-interrupt``).
+CANCEL_SECONDS = 10.0
+
+
+def _interruption(harvest, raw_csv, cancel):
+    """The lines that tell the user what a Ctrl-C left behind (and, with ``cancel``, cancel the job)."""
+    from harvester.harvest import command  # pyarrow is loaded by now: a harvest was running
+
+    base, job_id = harvest.client.base_url, harvest.job_id
+    if job_id is None:
+        if harvest.stage == "submitting":
+            yield f"Interrupted while submitting: the gateway may have the job; {command(base, 'jobs')} lists it."
+            return
+        yield "Interrupted: nothing was submitted."
+        harvest.drop_dataset()
+        return
+    output = harvest.output if harvest.output is not None else "PATH"
+    wait = command(base, "wait", job_id, "--output", output, *(["--raw-csv"] if raw_csv else []))
+    status = harvest.status
+    if status is JobStatus.COMPLETED:
+        write = command(base, "fetch", job_id, "--output", output, *(["--raw-csv"] if raw_csv else []))
+        yield f"Interrupted: job {job_id} has completed; its output was not written. Write it with: {write}"
+        return
+    if status is not None and status.is_terminal:
+        yield f"Interrupted: job {job_id} has ended, {status.value}."
+        return
+    if cancel:
+        try:
+            harvest.client.cancel(job_id, deadline=time.monotonic() + CANCEL_SECONDS)
+        except HarvesterError as exc:
+            if getattr(exc, "code", None) == "job_finished":
+                ended = exc.details.get("job_status", "ended")
+                yield f"Interrupted: job {job_id} had already ended ({ended}); nothing was cancelled. See it with: {wait}"
+            else:
+                again = command(base, "cancel", job_id)
+                yield f"Interrupted: cancelling job {job_id} failed ({exc}). Cancel it with: {again}"
+            return
+        yield f"Interrupted: job {job_id} is cancelled (--cancel-on-interrupt)."
+        return
+    seen = f" (last seen {status.value})" if status is not None else ""
+    yield f"Interrupted: job {job_id} goes on at the gateway{seen}."
+    yield f"  Follow it and write its output: {wait}"
+    yield f"  Cancel it: {command(base, 'cancel', job_id)}"
+
+
+def _unknown_job(client, job_id, token):
+    """The error for a job the gateway does not know (404), saying why that may be."""
+    why = "the id is unknown, the job expired, or another token created it"
+    if not token:
+        why = "the id is unknown, or the job expired"
+    return InputError(f"No job {job_id} at {client.base_url}: {why}.")
+
+
 def _poll_option(text):
     return click.option(
         "--poll-interval", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True, help=text
     )
+
+
+def _max_wait_option(command):
+    return click.option(
+        "--max-wait",
+        type=click.FloatRange(min=0),
+        default=DEFAULT_MAX_WAIT,
+        show_default=True,
+        help="Longest wait, in seconds, of one request for news of the job (GET /jobs/<id>?wait=): the gateway "
+        "answers as soon as the job changes. 0 polls instead.",
+    )(command)
 
 
 def _json_option(command):
@@ -271,33 +358,54 @@ def main():
 @_gateway_option
 @_token_option
 @_poll_option("Seconds between two polls of the job, against a gateway that does not wait (or with --max-wait 0).")
-@click.option(
-    "--max-wait",
-    type=click.FloatRange(min=0),
-    default=DEFAULT_MAX_WAIT,
-    show_default=True,
-    help="Longest wait, in seconds, of one request for news of the job (GET /jobs/<id>?wait=): the gateway "
-    "answers as soon as the job changes. 0 polls instead.",
-)
+@_max_wait_option
 @_timeout_option(
     "Give up this many seconds after starting, upload, job and download together "
     "(exit 3, or 4 if the gateway is unreachable)."
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Upload SOURCE and have the gateway check the job on it without running it; print the columns after "
+    "each step. Nothing is queued or written, and the dataset is deleted afterwards.",
+)
+@click.option(
+    "--cancel-on-interrupt",
+    is_flag=True,
+    help="On Ctrl-C, cancel the job (DELETE /jobs/<id>) instead of leaving it running at the gateway.",
+)
 @_json_option
 def run(
-    source, ops, operations_file, output, force, raw_csv, gateway, token, poll_interval, max_wait, timeout, as_json
+    source,
+    ops,
+    operations_file,
+    output,
+    force,
+    raw_csv,
+    gateway,
+    token,
+    poll_interval,
+    max_wait,
+    timeout,
+    dry_run,
+    cancel_on_interrupt,
+    as_json,
 ):
     """Upload SOURCE, run operations on it, wait for the job, and write what it returns.
 
     SOURCE is a .csv, .tsv, .json (array of objects), .jsonl (or .ndjson),
     .parquet or .arrow/.arrows file, or an http(s) URL of one. It is read and
     uploaded in parts, and the result downloaded, without holding either in
-    memory. A summary goes to stderr (and to stdout with --json).
+    memory. A summary goes to stderr (and to stdout with --json). Without
+    --output the result stays on the gateway, for harvester fetch.
+
+    Ctrl-C once the job is submitted leaves it running (harvester wait and
+    harvester cancel go on from there) unless --cancel-on-interrupt.
 
     \b
-    Exit codes: 0 completed, 1 job failed, 2 usage or input error (or the
-    gateway refused the job or the token), 3 timeout, 4 gateway unreachable,
-    5 job cancelled.
+    Exit codes: 0 completed (with --dry-run: the job is valid), 1 job failed,
+    2 usage or input error (or the gateway refused the job or the token),
+    3 timeout, 4 gateway unreachable, 5 job cancelled, 130 interrupted (Ctrl-C).
     """
     try:
         operations = load_operations(operations_file) if operations_file else []
@@ -325,7 +433,68 @@ def run(
         force=force,
         display=_display(),
     )
-    _finish(harvest, harvest.run, as_json)
+    if dry_run:
+        _plan(harvest, as_json)
+    _finish(harvest, harvest.run, as_json, raw_csv=raw_csv, cancel_on_interrupt=cancel_on_interrupt)
+
+
+def _plan(harvest, as_json):
+    """``run --dry-run``: print the plan of the job the gateway checked, exit 0 (2 if it refused the job)."""
+    if harvest.output is not None:
+        log.info("Dry run: nothing is submitted, and nothing is written to %s.", harvest.output)
+    try:
+        plan = harvest.dry_run()
+    except KeyboardInterrupt:
+        click.echo("Interrupted: nothing was submitted.", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    except HarvesterError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(plan, ensure_ascii=False, indent=2))
+    else:
+        from harvester.io import shown
+
+        click.echo(format_plan(plan, shown(harvest.source)))
+    sys.exit(ExitCode.OK)
+
+
+@main.command()
+@click.argument("job_id")
+@_output_options
+@_gateway_option
+@_token_option
+@_poll_option("Seconds between two polls of the job, against a gateway that does not wait (or with --max-wait 0).")
+@_max_wait_option
+@_timeout_option("Give up this many seconds after starting, wait and download together (exit 3, or 4 if the "
+                 "gateway is unreachable).")  # fmt: skip
+@_json_option
+def wait(job_id, output, force, raw_csv, gateway, token, poll_interval, max_wait, timeout, as_json):
+    """Follow job JOB_ID to its end, as run does once it has submitted; with --output, write its result.
+
+    The output and its manifest are written as by fetch. Ctrl-C leaves the job
+    running and says how to go on.
+
+    \b
+    Exit codes: 0 completed, 1 job failed, 2 usage error or unknown job,
+    3 timeout, 4 gateway unreachable, 5 job cancelled, 130 interrupted.
+    """
+    _check_output_option(output)
+    from harvester.harvest import Harvest
+
+    _lean_allocator()
+    harvest = Harvest(
+        _client(gateway, token),
+        None,
+        [],
+        output=output,
+        poll_interval=poll_interval,
+        max_wait=max_wait,
+        timeout=timeout,
+        neutralise_formulas=not raw_csv,
+        force=force,
+        display=_display(),
+    )
+    _finish(harvest, lambda: harvest.follow(job_id), as_json, raw_csv=raw_csv)
 
 
 @main.command()
@@ -361,7 +530,7 @@ def fetch(job_id, output, force, raw_csv, gateway, token, poll_interval, timeout
         force=force,
         display=_display(),
     )
-    _finish(harvest, lambda: harvest.fetch(job_id), as_json)
+    _finish(harvest, lambda: harvest.fetch(job_id), as_json, raw_csv=raw_csv)
 
 
 @main.command()
@@ -386,19 +555,109 @@ def operations(gateway, token, as_json):
 @_token_option
 @_json_option
 def status(job_id, gateway, token, as_json):
-    """Show one job: status, progress, timings, and its error if it failed or was cancelled."""
+    """Show one job: status, progress, timings, and its error if it failed or was cancelled.
+
+    \b
+    Exit codes: 0 completed, or still queued or running; 1 failed; 5 cancelled;
+    2 unknown job; 4 gateway unreachable.
+    """
     client = _client(gateway, token)
     try:
         job = client.job(job_id)
+        ended = job_status(job)
     except JobNotFound:
-        why = "the id is unknown, the job expired, or another token created it"
-        if not token:
-            why = "the id is unknown, or the job expired"
-        _fail(InputError(f"No job {job_id} at {client.base_url}: {why}."))
+        _fail(_unknown_job(client, job_id, token))
     except HarvesterError as exc:
         _fail(exc)
     if as_json:
         click.echo(json.dumps(job, ensure_ascii=False, indent=2))
     else:
         click.echo(format_job(job))
+    sys.exit(JOB_OUTCOMES.get(ended, ExitCode.OK))
+
+
+#: Most jobs one ``GET /jobs`` may ask for (the gateway's limit).
+PAGE_LIMIT = 500
+
+
+def _check_statuses(ctx, param, values):
+    """``--status`` values, repeated or comma-separated, each a job status."""
+    known = [s.value for s in JobStatus]
+    statuses = []
+    for value in values:
+        for name in filter(None, (part.strip().lower() for part in value.split(","))):
+            if name not in known:
+                raise click.BadParameter(f"{name!r} is not a job status: one of {', '.join(known)}.")
+            statuses.append(JobStatus(name))
+    return tuple(dict.fromkeys(statuses))
+
+
+@main.command()
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    metavar="STATUS",
+    callback=_check_statuses,
+    help="Only jobs in this status: started, processing, completed, failed or cancelled. Repeatable, or "
+    "comma-separated.",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Show at most this many jobs."
+)
+@_gateway_option
+@_token_option
+@_json_option
+def jobs(statuses, limit, gateway, token, as_json):
+    """List your jobs, newest first: id, status, progress, rows in and out, when created, how long.
+
+    With a token, the jobs of that token; with --json, {"jobs": [...]} as the gateway gives them.
+    """
+    client = _client(gateway, token)
+    found, cursor = [], None
+    try:
+        while len(found) < limit:
+            page, cursor = client.jobs(statuses=statuses, limit=min(limit - len(found), PAGE_LIMIT), cursor=cursor)
+            found += page[: limit - len(found)]
+            # A page filtered by status may come back short, even empty, with a next one to go on from.
+            if not cursor:
+                break
+    except GatewayError as exc:
+        if exc.status in (404, 405):
+            _fail(GatewayError(exc.status, exc.code, f"The gateway at {client.base_url} does not list jobs "
+                               f"(GET /jobs): it is older than this harvester.", exc.details))  # fmt: skip
+        _fail(exc)
+    except HarvesterError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps({"jobs": found}, ensure_ascii=False, indent=2))
+    else:
+        click.echo(format_jobs(found))
+
+
+@main.command()
+@click.argument("job_id")
+@_gateway_option
+@_token_option
+def cancel(job_id, gateway, token):
+    """Cancel job JOB_ID, queued or running: it ends cancelled at once.
+
+    \b
+    Exit codes: 0 cancelled; 2 the job had already ended (its status is named),
+    the job is unknown, or the gateway refused; 4 gateway unreachable.
+    """
+    client = _client(gateway, token)
+    try:
+        job = client.cancel(job_id)
+    except JobNotFound:
+        _fail(_unknown_job(client, job_id, token))
+    except GatewayError as exc:
+        if exc.code == "job_finished":
+            ended = exc.details.get("job_status", "ended")
+            _fail(GatewayError(exc.status, exc.code, f"Job {job_id} had already ended: it is {ended}. Nothing "
+                               "was cancelled.", exc.details))  # fmt: skip
+        _fail(exc)
+    except HarvesterError as exc:
+        _fail(exc)
+    click.echo(f"Job {job_id} cancelled." + (f" {job['message']}" if job.get("message") else ""))
 

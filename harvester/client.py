@@ -2,7 +2,8 @@
 
 :class:`GatewayClient` has one method per gateway command: datasets
 (``POST /datasets?upload=parts``, ``PUT /datasets/<id>/parts/<n>``, ``POST
-/datasets/<id>/commit``), jobs (``POST /jobs``, ``GET /jobs/<id>``) and results
+/datasets/<id>/commit``), jobs (``POST /jobs`` and its dry run, ``GET /jobs``,
+``GET /jobs/<id>``, ``DELETE /jobs/<id>``) and results
 (``GET /jobs/<id>/result``). How a request is sent and retried (the session, the
 retry policy, deadlines, the token) is :mod:`harvester.transport`.
 
@@ -18,7 +19,15 @@ import logging
 import uuid
 from urllib.parse import quote, urlsplit
 
-from harvester.errors import GatewayError, GatewayUnreachable, JobNotFound, JobTimeout, ServerError, Unauthorized
+from harvester.errors import (
+    GatewayError,
+    GatewayUnreachable,
+    HarvesterError,
+    JobNotFound,
+    JobTimeout,
+    ServerError,
+    Unauthorized,
+)
 from harvester.transport import (
     DEFAULT_TIMEOUT,
     RETRY_STATUSES,
@@ -32,6 +41,9 @@ from harvester.transport import (
 from harvester.status import JobStatus
 
 log = logging.getLogger(__name__)
+
+#: Seconds to wait before submitting again after a 429 that names no ``Retry-After``.
+QUOTA_WAIT_SECONDS = 5
 
 #: The gateway the harvester talks to unless ``--gateway`` or ``$GATEWAY_URL`` names another (the settings
 #: table's ``GATEWAY_URL``: ``tests/unit/test_harvester.py`` checks they agree).
@@ -182,7 +194,7 @@ class GatewayClient:
         key = idempotency_key or str(uuid.uuid4())
         body = {"dataset_id" if isinstance(dataset, str) else "dataset": dataset, "operations": operations}
         try:
-            response = self._send("POST", "/jobs", deadline=deadline, json=body, headers={"Idempotency-Key": key})
+            response = self._send_within_quota(body, key, deadline)
         except GatewayError as exc:
             if exc.code == "idempotency_key_reused":
                 raise GatewayError(
@@ -206,6 +218,20 @@ class GatewayClient:
                 answer.get("status"),
             )
         return answer
+
+    def _send_within_quota(self, body, key, deadline):
+        """POST the job; while the gateway answers 429 (the token's quota of active jobs is full), wait its
+        ``Retry-After`` and submit again, with the same ``Idempotency-Key``, until ``deadline``."""
+        while True:
+            try:
+                return self._send("POST", "/jobs", deadline=deadline, json=body, headers={"Idempotency-Key": key})
+            except GatewayError as exc:
+                if exc.status != 429 or remaining(deadline) <= 0:
+                    raise
+                wait = min(exc.retry_after or QUOTA_WAIT_SECONDS, remaining(deadline))
+                log.warning("The gateway runs as many of this token's jobs as it allows (%s); submitting again "
+                            "in %.0f s.", exc.code, wait)
+                sleep_until(wait, deadline)
 
     def job(self, job_id, *, deadline=None):
         """Return one job: ``GET /jobs/<id>``.
@@ -243,6 +269,73 @@ class GatewayClient:
         # The body is read through urllib3 (pyarrow reads response.raw): undo any Content-Encoding there.
         response.raw.decode_content = True
         return response
+
+    def jobs(self, *, statuses=(), limit=None, cursor=None, deadline=None):
+        """One page of the caller's jobs, newest first: ``GET /jobs``. Return ``(jobs, next cursor or None)``.
+
+        Each job is its ``GET /jobs/<id>`` body without the inline records (``data.data`` is null).
+
+        Args:
+            statuses: keep the jobs in these statuses (:class:`~harvester.status.JobStatus` or their values).
+            limit: at most this many (the gateway's default, 50, when None; it allows up to 500).
+            cursor: the ``next`` of the page before.
+
+        Raises:
+            GatewayError: 400 ``invalid_parameter``; a gateway older than the list answers 404 or 405.
+            ServerError, GatewayUnreachable: as for :meth:`submit`.
+        """
+        query = [("status", JobStatus(s).value) for s in statuses]
+        if limit is not None:
+            query.append(("limit", str(int(limit))))
+        if cursor is not None:
+            query.append(("cursor", cursor))
+        answer = self._json("GET", "/jobs", deadline=deadline, params=query)
+        if not isinstance(answer, dict) or not isinstance(answer.get("jobs"), list):
+            raise ServerError(200, "invalid_response", "GET /jobs answered without a list of jobs.")
+        return answer["jobs"], answer.get("next")
+
+    def cancel(self, job_id, *, deadline=None):
+        """Cancel a queued or running job: ``DELETE /jobs/<id>``. Return its body (status ``cancelled``).
+
+        Raises:
+            JobNotFound: the gateway has no such job (404).
+            GatewayError: 409 ``job_finished``: it had ended already (its status in ``details["job_status"]``).
+            ServerError, GatewayUnreachable: as for :meth:`submit`.
+        """
+        try:
+            return self._json("DELETE", self._job_path(job_id), deadline=deadline)
+        except GatewayError as exc:
+            if exc.status == 404:
+                raise JobNotFound(exc.status, exc.code, exc.message, exc.details) from None
+            raise
+
+    def plan(self, dataset, operations, *, deadline=None):
+        """Check a job without running it: ``POST /jobs?dry_run=true``. Return the plan.
+
+        Every check of :meth:`submit` runs and nothing is stored or queued. The plan is
+        ``{"dry_run": true, "rows", "columns": [{"name", "type"}], "steps": [{"index", "name",
+        "columns" (null when they depend on the data)}], "message"}``.
+
+        Raises:
+            GatewayError: the gateway refused the job (the 4xx :meth:`submit` would get).
+            ServerError: the answer is not a plan. A gateway that does not know dry runs
+                queues a real job: it is cancelled at once, and this says so.
+            GatewayUnreachable: the retries are exhausted.
+        """
+        body = {"dataset_id" if isinstance(dataset, str) else "dataset": dataset, "operations": operations}
+        answer = self._json("POST", "/jobs?dry_run=true", deadline=deadline, json=body)
+        if isinstance(answer, dict) and answer.get("dry_run") is True:
+            return answer
+        job_id = answer.get("job_id") if isinstance(answer, dict) else None
+        text = "POST /jobs?dry_run=true answered something that is not a plan."
+        if job_id:
+            try:
+                self.cancel(job_id, deadline=deadline)
+                undone = "it was cancelled"
+            except HarvesterError as exc:
+                undone = f"cancelling it failed ({exc}): harvester cancel {job_id}"
+            text = f"The gateway does not know dry runs: it queued job {job_id} instead ({undone})."
+        raise ServerError(200, "invalid_response", text)
 
     @staticmethod
     def _job_path(job_id):
@@ -378,18 +471,23 @@ class GatewayClient:
                 message = f"The gateway refused the token given by --token or $GATEWAY_TOKEN ({message})."
         if self.auth is not None:
             message, details = self.auth.redact(message), self.auth.redact(details)
-        return type(error)(error.status, error.code, message, details)
+        redacted = type(error)(error.status, error.code, message, details)
+        redacted.retry_after = error.retry_after
+        return redacted
 
 
 def gateway_error(response):
     """Return the :class:`GatewayError` (:class:`ServerError`, :class:`Unauthorized`) an error response stands for."""
     cls = ServerError if response.status_code >= 500 else Unauthorized if response.status_code == 401 else GatewayError
     try:
-        error = response.json()["error"]
-        return cls(response.status_code, error["code"], error["message"], error.get("details"))
+        body = response.json()["error"]
+        error = cls(response.status_code, body["code"], body["message"], body.get("details"))
     except (ValueError, KeyError, TypeError):
         code = (response.reason or "error").lower().replace(" ", "_")
-        return cls(response.status_code, code, f"The gateway answered {response.status_code} {response.reason}.")
+        error = cls(response.status_code, code, f"The gateway answered {response.status_code} {response.reason}.")
+    retry_after = response.headers.get("Retry-After", "")
+    error.retry_after = float(retry_after) if retry_after.isdigit() else None
+    return error
 
 
 def job_status(job):

@@ -28,6 +28,9 @@ class GatewayError(HarvesterError):
     made up from the status line when the body is not in that shape.
     """
 
+    #: Seconds the gateway's ``Retry-After`` asked for, when it sent one.
+    retry_after = None
+
     def __init__(self, status, code, message, details=None):
         super().__init__(message)
         self.status, self.code, self.details = status, code, details or {}

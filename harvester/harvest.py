@@ -1,5 +1,8 @@
 """One harvest: upload a source, submit a job on it, follow it, download the result, write the manifest.
 
+Also the parts of one: following a job submitted before (``harvester wait``),
+downloading a result (``fetch``), checking a job without running it (``run --dry-run``).
+
 Kept apart from the click commands so it can be driven without a terminal; the
 CLI turns its outcome into an exit code. Nothing of the source or the result is
 held whole in memory: the source goes up in parts (:mod:`harvester.upload`), the
@@ -8,12 +11,13 @@ file that becomes the output only once complete (:mod:`harvester.outputs`).
 """
 
 import logging
+import shlex
 import time
 import uuid
 from datetime import datetime, timezone
 
 from harvester import io, upload
-from harvester.client import DEFAULT_MAX_WAIT
+from harvester.client import DEFAULT_GATEWAY, DEFAULT_MAX_WAIT
 from harvester.download import download
 from harvester.errors import GatewayError, HarvesterError, InputError, JobTimeout
 from harvester.manifest import build_manifest, manifest_path
@@ -37,7 +41,7 @@ def _plural(count, noun):
 
 
 class Harvest:
-    """One run of ``harvester run`` (:meth:`run`) or ``harvester fetch`` (:meth:`fetch`).
+    """One run of ``harvester run`` (:meth:`run`, :meth:`dry_run`), ``wait`` (:meth:`follow`) or ``fetch``.
 
     Args:
         client: a :class:`~harvester.client.GatewayClient`.
@@ -84,6 +88,8 @@ class Harvest:
         self.reader = self.uploader = self.uploaded = None
         self.started = self.ended = None
         self.timings = {}
+        self.stage = None  # what it is doing: uploading, submitting, following, writing (Ctrl-C tells the user)
+        self.plan = None  # the gateway's answer to a dry run
         self._job_task = Task()
         self._logged = None
 
@@ -106,6 +112,7 @@ class Harvest:
             self.reader = Source(self.source, session=self.client.session, deadline=deadline)
             with self.display:
                 self._upload(deadline)
+                self.stage = "submitting"
                 self.job_id = self._submit(deadline)["job_id"]
                 self.timings["submitted_at"] = utc_now()
                 log.info(
@@ -115,13 +122,90 @@ class Harvest:
                     _plural(len(self.operations), "operation"),
                     self.client.base_url,
                 )
-                self.job = self._wait(deadline)
-                self.timings["finished_at"] = utc_now()
-                if self.output is not None and self.status is JobStatus.COMPLETED:
-                    self._write(deadline)
+                self._follow(deadline)
         finally:
             self.ended = time.monotonic()
         return self.summary()
+
+    def follow(self, job_id):
+        """Follow job ``job_id``, submitted before, to its end, and write its output if it completes.
+
+        What ``run`` does once it has submitted (the same waiting, the same writing);
+        return the :meth:`summary`.
+
+        Raises:
+            InputError: bad or existing output path, or the records cannot be written.
+            JobNotFound: the gateway has no such job.
+            GatewayError, GatewayUnreachable, JobTimeout: as for :meth:`run`.
+        """
+        deadline = self._start()
+        self.job_id = job_id
+        try:
+            self._check_output()
+            with self.display:
+                self._follow(deadline)
+        finally:
+            self.ended = time.monotonic()
+        return self.summary()
+
+    def dry_run(self):
+        """Upload the source, have the gateway check the job on it (``POST /jobs?dry_run=true``), delete it.
+
+        The dataset is uploaded as :meth:`run` uploads it, so the checks see the
+        columns and types the real job would (every row read, types widened as
+        needed), not a sample's. Nothing is queued; the dataset is deleted after the
+        check (best effort: it expires anyway). Return the plan (``plan``).
+
+        Raises:
+            InputError: unreadable source.
+            GatewayError: the gateway refused the job (what ``run`` would be refused), or the dataset.
+            GatewayUnreachable: the gateway could not be reached by the deadline.
+        """
+        deadline = self._start()
+        try:
+            self.reader = Source(self.source, session=self.client.session, deadline=deadline)
+            with self.display:
+                self._upload(deadline)
+            self.stage = "checking"
+            self.plan = retry_until(
+                lambda: self.client.plan(self.uploaded.dataset_id, self.operations, deadline=deadline),
+                deadline=deadline,
+                interval=self.poll_interval,
+                what="checking the job",
+            )
+        finally:
+            self.drop_dataset()
+            self.ended = time.monotonic()
+        return self.plan
+
+    def drop_dataset(self, seconds=5.0):
+        """Delete the dataset this harvest uploaded (or was uploading), if any; best effort, it expires anyway."""
+        dataset_id = self.uploader.dataset_id if self.uploader else None
+        if dataset_id is None:
+            return
+        try:
+            self.client.delete_dataset(dataset_id, deadline=time.monotonic() + seconds)
+        except HarvesterError as exc:
+            log.warning("Could not delete dataset %s (%s); it expires on its own.", dataset_id, exc)
+            return
+        log.info("Deleted dataset %s from %s.", dataset_id, self.client.base_url)
+
+    def _follow(self, deadline):
+        self.stage = "following"
+        self.job = self._wait(deadline)
+        self.timings["finished_at"] = utc_now()
+        if self.status is not JobStatus.COMPLETED:
+            return
+        if self.output is not None:
+            self.stage = "writing"
+            self._write(deadline)
+        else:
+            log.info(
+                "The result of job %s stays on the gateway until it expires (JOB_TTL_SECONDS on the gateway, "
+                "a day by default): %s",
+                self.job_id,
+                fetch_command(self.client.base_url, self.job_id),
+            )
 
     def fetch(self, job_id):
         """Download the result of job ``job_id``, which ended before, into the output; return the :meth:`summary`.
@@ -136,6 +220,7 @@ class Harvest:
         """
         deadline = self._start()
         self.job_id = job_id
+        self.stage = "following"
         try:
             self._check_output()
             self.job = retry_until(
@@ -150,6 +235,7 @@ class Harvest:
                     f"harvester status {job_id}, then fetch it."
                 )
             if self.status is JobStatus.COMPLETED:
+                self.stage = "writing"
                 with self.display:
                     self._write(deadline)
         finally:
@@ -166,6 +252,7 @@ class Harvest:
             self.output_format = io.check_output(self.output, source=self.source, force=self.force)
 
     def _upload(self, deadline):
+        self.stage = "uploading"
         reader = self.reader
         log.info("Uploading %s to %s.", io.shown(self.source), self.client.base_url)
         task = self.display.task("Uploading", total=None, unit=reader.unit)
@@ -252,9 +339,8 @@ class Harvest:
                 )
         except HarvesterError as exc:
             log.info(
-                "The result stays at the gateway until the job expires: harvester fetch %s --output %s",
-                self.job_id,
-                self.output,
+                "The result stays at the gateway until the job expires: %s",
+                fetch_command(self.client.base_url, self.job_id, self.output),
             )
             raise exc from None
         task.finish()
@@ -322,6 +408,19 @@ class Harvest:
         if self.job and self.status is not JobStatus.COMPLETED:
             summary["progress"] = self.job.get("progress")
         return summary
+
+
+def command(base_url, *args):
+    """A harvester command line to go on with, as text to paste: ``--gateway`` when it is not the default."""
+    line = ["harvester", *map(str, args)]
+    if base_url.rstrip("/") != DEFAULT_GATEWAY:
+        line += ["--gateway", base_url]
+    return shlex.join(line)
+
+
+def fetch_command(base_url, job_id, output=None):
+    """``harvester fetch <id> --output PATH`` for the job at ``base_url``."""
+    return command(base_url, "fetch", job_id, "--output", output if output is not None else "PATH")
 
 
 def describe_error(error):

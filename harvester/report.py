@@ -1,6 +1,7 @@
-"""Text for the terminal: a harvest's summary, one job, the operations catalogue."""
+"""Text for the terminal: a harvest's summary, one job, a list of jobs, a dry run's plan, the operations catalogue."""
 
 import json
+from datetime import datetime, timezone
 
 from harvester.status import JobStatus
 
@@ -51,7 +52,9 @@ def format_summary(summary):
 def format_job(job):
     """Return one job (``GET /jobs/<id>``) as text, without its records."""
     lines = [f"Job {job.get('job_id')}: {job.get('status')}"]
-    if job.get("message"):
+    error = job.get("error")
+    # A failed or cancelled job's message is its error's: the Error line below says it, once.
+    if job.get("message") and not (error and error.get("message") == job["message"]):
         lines.append(f"  {job['message']}")
     if job.get("progress"):
         lines.append(f"Progress: {_progress(job['progress'])}")
@@ -62,12 +65,131 @@ def format_job(job):
     if data:
         lines.append(f"Rows: {data.get('processed_items')} in -> {data.get('output_items')} out")
         lines += _stats_table(data.get("operations") or [])
-    error = job.get("error")
     if error:
         at = error.get("operation_index")
         where = f" at operation {at}" if at is not None else ""
         lines.append(f"Error{where}: {error.get('type')}: {error.get('message')}")
     return "\n".join(lines)
+
+
+#: Columns of ``harvester jobs``: (heading, right-aligned).
+_JOB_COLUMNS = (
+    ("JOB", False),
+    ("STATUS", False),
+    ("PROGRESS", False),
+    ("ROWS IN", True),
+    ("ROWS OUT", True),
+    ("CREATED (UTC)", False),
+    ("DURATION", True),
+)
+
+
+def format_jobs(jobs, now=None):
+    """Return a list of jobs (``GET /jobs``) as a table, one line per job, newest first as given::
+
+        JOB                               STATUS      PROGRESS              ROWS IN  ROWS OUT  CREATED (UTC)        DURATION
+        3f2c5a0e8d8a4b6f9c1e2d3a4b5c6d7e  processing  1/2 ops, 3/8 chunks         -         -  2026-11-27 20:25:01    12.3 s
+
+    Rows are known once a job has completed; a duration runs from the start (or, for a job that
+    never started, the submission) to the end, or to ``now`` (default: the current time) until then.
+    """
+    if not jobs:
+        return "No jobs."
+    now = now or datetime.now(timezone.utc)
+    rows = [[heading for heading, _ in _JOB_COLUMNS]]
+    for job in jobs:
+        data = job.get("data") or {}
+        rows.append(
+            [
+                str(job.get("job_id")),
+                str(job.get("status")),
+                _short_progress(job.get("progress") or {}),
+                _count(data.get("processed_items")),
+                _count(data.get("output_items")),
+                _shown_time(job.get("created_at")),
+                _duration(job, now),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_JOB_COLUMNS))]
+    lines = []
+    for row in rows:
+        cells = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, (_, right) in zip(row, widths, _JOB_COLUMNS)
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _short_progress(progress):
+    text = f"{progress.get('operations_done', '?')}/{progress.get('operations_total', '?')} ops"
+    if progress.get("chunks_total"):
+        text += f", {progress.get('chunks_done', 0)}/{progress['chunks_total']} chunks"
+    return text
+
+
+def _count(value):
+    return f"{value:,}" if isinstance(value, int) else "-"
+
+
+def _parse_time(text):
+    try:
+        moment = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _shown_time(text):
+    moment = _parse_time(text)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if moment else (text or "-")
+
+
+def _duration(job, now):
+    start = _parse_time(job.get("started_at")) or _parse_time(job.get("created_at"))
+    ended = job.get("status") in {s.value for s in JobStatus if s.is_terminal}
+    end = _parse_time(job.get("finished_at")) or (None if ended else now)
+    if start is None or end is None:
+        return "-"
+    return seconds_text((end - start).total_seconds())
+
+
+def seconds_text(seconds):
+    """A duration as ``0.4 s``, ``12.3 s``, ``4 min 05 s``, ``2 h 10 min``."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def format_plan(plan, source=None):
+    """Return a dry run's answer (``POST /jobs?dry_run=true``) as text: the input's columns, then each step's::
+
+        Input: in.csv, 3 rows: id integer, name string
+        Step 0 drop_nulls: id integer, name string
+        Step 1 sample: columns depend on the data
+        <the gateway's message>
+    """
+    of = f"{source}, " if source else ""
+    rows = plan.get("rows")
+    lines = [f"Input: {of}{_count(rows)} rows: {_columns(plan.get('columns'))}"]
+    for step in plan.get("steps") or []:
+        columns = step.get("columns")
+        after = _columns(columns) if columns is not None else "columns depend on the data"
+        lines.append(f"Step {step.get('index')} {step.get('name')}: {after}")
+    if plan.get("message"):
+        lines.append(plan["message"])
+    return "\n".join(lines)
+
+
+def _columns(columns):
+    if not columns:
+        return "no columns"
+    return ", ".join(f"{c.get('name')} {c.get('type')}" for c in columns)
 
 
 def _progress(progress):

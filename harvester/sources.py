@@ -162,7 +162,9 @@ class Source:
 
     def _get(self):
         try:
-            response = send(self.session or make_session(), "GET", self.location, deadline=self.deadline, stream=True)
+            response = send(
+                self.session or make_session(), "GET", self.location, deadline=self.deadline, stream=True, target="source"
+            )
         except GatewayUnreachable as exc:
             raise InputError(f"Cannot fetch {self.shown}: {redact_urls(str(exc))}") from None
         if response.status_code >= 400:

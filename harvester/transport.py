@@ -26,6 +26,7 @@ import time
 import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
+from urllib3.exceptions import ConnectTimeoutError, ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from harvester import __version__
@@ -46,6 +47,8 @@ TOKEN_PATTERN = re.compile(r"[\x21-\x7e]+")
 # and requests has no per-request retry hook, so the Retry reads the deadline
 # from here; a context variable keeps calls made by different threads apart.
 _deadline = contextvars.ContextVar("harvester_deadline", default=None)
+# What the call in progress talks to, as a retry's log line names it.
+_target = contextvars.ContextVar("harvester_target", default="gateway")
 
 
 def remaining(deadline):
@@ -54,11 +57,12 @@ def remaining(deadline):
 
 
 class GatewayRetry(Retry):
-    """urllib3 ``Retry`` that stops at the current call's deadline and logs status retries.
+    """urllib3 ``Retry`` that stops at the current call's deadline and says each retry in one short line.
 
-    urllib3 logs retries after connection errors itself (logger
-    ``urllib3.connectionpool``, level WARNING) but retries after a 503 only at
-    DEBUG, so those are logged here.
+    The line reads ``Gateway unreachable, retrying in 1.0 s (2 of 4).`` (or ``Gateway
+    answered 503, ...``): urllib3's own warning after a connection error, which is a
+    repr of the Retry and of the exception, is dropped for this class
+    (:class:`_OwnRetryLines`), and its retries after a 503 are logged only at DEBUG.
     """
 
     def is_exhausted(self):
@@ -75,21 +79,50 @@ class GatewayRetry(Retry):
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
         new = super().increment(method, url, response, error, _pool, _stacktrace)
-        if response is not None and error is None and not response.get_redirect_location():
+        if response is not None and error is None:
+            if response.get_redirect_location():
+                return new
+            problem = f"answered {response.status}"
+            # urllib3 sleeps the Retry-After it was given, else the backoff (Retry.sleep).
+            wait = new.get_retry_after(response) if self.respect_retry_after_header else None
+        else:
+            problem = _problem(error)
             wait = None
-            if self.respect_retry_after_header:
-                wait = new.get_retry_after(response)
-            if not wait:
-                wait = new.get_backoff_time()
-            log.warning(
-                "%s %s answered %s; retrying in %.1f s (%s retries left).",
-                method,
-                url,
-                response.status,
-                wait,
-                new.total,
-            )
+        if wait is None:
+            wait = new.get_backoff_time()
+        when = f"in {wait:.1f} s" if wait >= 0.05 else "now"
+        count = len(new.history)
+        of = f"{count} of {count + new.total}" if isinstance(new.total, int) else f"retry {count}"
+        log.warning("%s %s, retrying %s (%s).", _target.get().capitalize(), problem, when, of)
         return new
+
+
+def _problem(error):
+    """What went wrong with one attempt, in a few words (never a repr of urllib3's objects)."""
+    if isinstance(error, ConnectTimeoutError):  # NewConnectionError too: refused, no route, unknown host
+        return "unreachable"
+    if isinstance(error, ReadTimeoutError):
+        return "did not answer in time"
+    if isinstance(error, ProtocolError):
+        return "dropped the connection"
+    return "failed"
+
+
+class _OwnRetryLines(logging.Filter):
+    """Drop urllib3's "Retrying (GatewayRetry(total=...)) after connection broken by ..." warnings.
+
+    :meth:`GatewayRetry.increment` has logged the same retry in a line of its own;
+    a retry policy of someone else's keeps urllib3's line.
+    """
+
+    def filter(self, record):
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (args and isinstance(args[0], GatewayRetry))
+
+
+_URLLIB3_POOL_LOG = logging.getLogger("urllib3.connectionpool")
+if not any(isinstance(f, _OwnRetryLines) for f in _URLLIB3_POOL_LOG.filters):
+    _URLLIB3_POOL_LOG.addFilter(_OwnRetryLines())
 
 
 def make_retry(total=4, backoff_factor=0.5, backoff_max=10.0):
@@ -137,13 +170,15 @@ def attempt_timeout(timeout, deadline):
     return min(connect, left), min(read, left)
 
 
-def send(session, method, url, *, timeout=DEFAULT_TIMEOUT, deadline=None, **kwargs):
+def send(session, method, url, *, timeout=DEFAULT_TIMEOUT, deadline=None, target="gateway", **kwargs):
     """Send one request through ``session`` and return the response, whatever its status.
+
+    ``target`` names what ``url`` is in the retries' log lines (``gateway``, ``source``).
 
     Raises:
         GatewayUnreachable: the retries are exhausted (connection errors, timeouts).
     """
-    token = _deadline.set(deadline)
+    token, named = _deadline.set(deadline), _target.set(target)
     try:
         return session.request(method, url, timeout=attempt_timeout(timeout, deadline), **kwargs)
     except (
@@ -155,6 +190,7 @@ def send(session, method, url, *, timeout=DEFAULT_TIMEOUT, deadline=None, **kwar
         raise GatewayUnreachable(f"{method} {url} failed: {_reason(exc)}") from exc
     finally:
         _deadline.reset(token)
+        _target.reset(named)
 
 
 def _reason(exc):

@@ -19,6 +19,11 @@ Redis keys (all built by :func:`key_for` and :func:`dataset_key`, all expiring a
 - ``datajobs:joins``            sorted set: segments whose chunks are all done, by when (:data:`FANOUT_INDEX`)
 - ``datajobs:lock:sweeper``     the lock of the worker sweeping overdue joins (:data:`SWEEPER_LOCK`)
 - ``datajobs:workers``          sorted set: live workers by their last heartbeat (:data:`WORKERS_INDEX`)
+- ``datajobs:running``          sorted set: the leases held now, ``<job id> <lease> <holder>`` by when each
+  runs out unless renewed (:data:`RUNNING_INDEX`): who runs what, for ``GET /workers``
+- ``datajobs:index:<owner>``    sorted set: an owner's jobs by creation time (:func:`index_key`), for ``GET /jobs``
+- ``datajobs:active:<owner>``   sorted set: an owner's jobs queued or running (:func:`active_key`), its quota
+- ``datajobs:metrics``          hash: the job figures of ``GET /metrics``, kept for good (:data:`METRICS_KEY`)
 
 Pub/sub: every change that shows in ``GET /jobs/<id>`` (a start, its end, its result freed, and each
 progress report, which ``workers/tasks.py`` writes) publishes a :func:`job_event` on ``datajobs:events``
@@ -45,7 +50,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from workers import settings
+from workers import metrics, settings
 from workers.datastore import RedisDataStore
 from workers.errors import job_error
 
@@ -58,6 +63,34 @@ def key_for(job_id, part=None):
     return f"{key}:{part}" if part else key
 
 
+def index_key(owner):
+    """Return the Redis key of the index of ``owner``'s jobs ("" when tokens are off)."""
+    return f"{KEY_PREFIX}:index:{owner or 'open'}"
+
+
+def active_key(owner):
+    """Return the Redis key of the set of ``owner``'s jobs that have not ended (``MAX_ACTIVE_JOBS_PER_TOKEN``)."""
+    return f"{KEY_PREFIX}:active:{owner or 'open'}"
+
+
+def index_member(created, job_id=""):
+    """The member of an owner's index for a job created at ``created`` (epoch seconds): ``<ms, 13 digits>:<id>``.
+
+    Without ``job_id``, a bound: every job created at or after that millisecond sorts above it.
+    """
+    return f"{round(created * 1000):013d}:{job_id}"
+
+
+def read_index_member(member):
+    """``job_id`` of an :func:`index_member`."""
+    return member.partition(":")[2]
+
+
+def created_at(record):
+    """Epoch seconds of a record's ``created_at``."""
+    return datetime.fromisoformat(record["created_at"]).timestamp()
+
+
 def dataset_key(dataset_id):
     """Return the Redis key of a dataset's record."""
     return f"{KEY_PREFIX}:dataset:{dataset_id}"
@@ -67,8 +100,12 @@ def dataset_key(dataset_id):
 FANOUT_INDEX = f"{KEY_PREFIX}:joins"
 #: Sorted set of workers (Celery hostnames) by the time of their last heartbeat: what ``GET /health`` counts.
 WORKERS_INDEX = f"{KEY_PREFIX}:workers"
+#: Sorted set of the leases held now (a job, or a chunk of one), by when each runs out unless renewed.
+RUNNING_INDEX = f"{KEY_PREFIX}:running"
 #: Lock held by the one worker sweeping at a time.
 SWEEPER_LOCK = f"{KEY_PREFIX}:lock:sweeper"
+#: Hash of job figures (counters, histogram buckets) every gateway reports on ``GET /metrics`` (``metrics.py``).
+METRICS_KEY = f"{KEY_PREFIX}:metrics"
 #: Pub/sub channel on which a job's id is published whenever its record changes (waiters wake on it):
 #: ``<job id>``, or ``<job id> ended`` when the change is its end (:func:`job_event`).
 EVENTS_CHANNEL = f"{KEY_PREFIX}:events"
@@ -93,6 +130,18 @@ def read_job_event(message):
     """``(job_id, ended)`` of a :func:`job_event` message (text)."""
     job_id, _, kind = message.partition(" ")
     return job_id, kind == "ended"
+
+
+def running_entry(job_id, lease, holder):
+    """The member of :data:`RUNNING_INDEX` for ``holder``'s ``lease`` on ``job_id`` (a holder is
+    ``<worker hostname>:<pid>:<uuid>``, ``workers/tasks.py``)."""
+    return f"{job_id} {lease} {holder}"
+
+
+def read_running_entry(entry):
+    """``{"job_id", "lease", "worker"}`` of a :func:`running_entry`."""
+    job_id, lease, holder = entry.split(" ", 2)
+    return {"job_id": job_id, "lease": lease, "worker": holder.rsplit(":", 2)[0]}
 
 
 def chunk_name(kind, owner_id, section, index):
@@ -125,26 +174,31 @@ def utcnow():
 
 #: Redis connections one gateway process holds at most, and seconds a request waits for one (then 503).
 GATEWAY_CONNECTIONS, GATEWAY_POOL_TIMEOUT = 50, 2.0
+#: Seconds the gateway waits for Redis to answer one command (a worker waits ``WORKER_SOCKET_TIMEOUT``).
+GATEWAY_SOCKET_TIMEOUT, WORKER_SOCKET_TIMEOUT = 1.0, 10.0
 
 
 def connect(url=None, patient=False):
     """A Redis client for ``url`` (default: the ``REDIS_URL`` setting).
 
-    The gateway's client fails fast (two quick retries ride out a blip, then the
-    caller answers 503), so no request hangs during an outage. A worker's client
-    is ``patient``: it retries for about half a minute, so a job finishing
-    during a short outage still stores its outcome once Redis is back.
+    The gateway's client fails fast, so no request hangs during an outage: two quick
+    retries ride out a dropped connection, then the caller answers 503; a Redis that
+    accepts connections but does not answer (frozen, or behind a partition) is given
+    ``GATEWAY_SOCKET_TIMEOUT`` once, never retried, so the 503 comes within about a second.
+    A worker's client is ``patient``: it retries for about half a minute, so a job
+    finishing during a short outage still stores its outcome once Redis is back.
     """
-    options = {"socket_connect_timeout": 1, "socket_timeout": 10, "health_check_interval": 30}
+    options = {"socket_connect_timeout": 1, "health_check_interval": 30}
     url = url or settings.get("REDIS_URL")
     if patient:
         retry = Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=40)
-        return redis.Redis.from_url(url, retry=retry, **options)
+        return redis.Redis.from_url(url, retry=retry, socket_timeout=WORKER_SOCKET_TIMEOUT, **options)
     # The gateway's requests share a bounded pool and queue for a connection (a thousand waiters
     # woken at once, under gevent), rather than open one each or fail past redis-py's 100.
-    retry = Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=2)
+    retry = Retry(ExponentialBackoff(cap=0.2, base=0.05), retries=2, supported_errors=(redis.ConnectionError,))
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=GATEWAY_CONNECTIONS, timeout=GATEWAY_POOL_TIMEOUT, retry=retry, **options
+        url, max_connections=GATEWAY_CONNECTIONS, timeout=GATEWAY_POOL_TIMEOUT, retry=retry,
+        socket_timeout=GATEWAY_SOCKET_TIMEOUT, **options,
     )
     return redis.Redis(connection_pool=pool, retry=retry)
 
@@ -152,15 +206,34 @@ def connect(url=None, patient=False):
 #: A Lua script doing ``then`` only when the lease at KEYS[1] is held by ARGV[1]; returns 1 if it did.
 _IF_HOLDER = "if redis.call('get', KEYS[1]) == ARGV[1] then {then}; return 1 end; return 0"
 
+#: Take the lease at KEYS[1] for ARGV[1], for ARGV[2] ms, unless someone holds it; on success add ARGV[4] to the
+#: running index KEYS[2] with score ARGV[3] (when the lease runs out). Returns 1 if it was taken.
+_TAKE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('zadd', KEYS[2], ARGV[3], ARGV[4])
+  return 1
+end
+return 0
+"""
+
 #: End the record at KEYS[1] unless it is gone or has ended: set the fields ARGV[4:], restart its TTL (ARGV[1]),
-#: publish ARGV[3] on ARGV[2]; return its ``input`` field ("" if none), or nil (false) when it was not ended here.
+#: publish ARGV[3] on ARGV[2]; return its ``input`` and ``owner`` fields ("" if none), or nil (false) when it was not ended here.
 _END = """
 if redis.call('exists', KEYS[1]) == 0 or redis.call('hexists', KEYS[1], 'finished_at') == 1 then return false end
-local input = redis.call('hget', KEYS[1], 'input') or ''
+local found = redis.call('hmget', KEYS[1], 'input', 'owner')
 redis.call('hset', KEYS[1], unpack(ARGV, 4))
 redis.call('expire', KEYS[1], ARGV[1])
 redis.call('publish', ARGV[2], ARGV[3])
-return input
+return {found[1] or '', found[2] or ''}
+"""
+
+#: Add ARGV[2] (score ARGV[3]) to the set KEYS[1] unless it holds ARGV[1] members already; the set expires
+#: after ARGV[4] seconds. Returns 1 if it was added.
+_CLAIM = """
+if redis.call('zcard', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('zadd', KEYS[1], ARGV[3], ARGV[2])
+redis.call('expire', KEYS[1], ARGV[4])
+return 1
 """
 
 
@@ -181,9 +254,16 @@ class JobStore:
         self.ttl = int(ttl)
         self.data = data if data is not None else RedisDataStore(redis_client, ttl)
         # Compare-and-set on a lease in one round trip (redis-py loads a script again after a Redis restart).
-        self._renew = redis_client.register_script(_IF_HOLDER.format(then="redis.call('pexpire', KEYS[1], ARGV[2])"))
-        self._drop = redis_client.register_script(_IF_HOLDER.format(then="redis.call('del', KEYS[1])"))
+        # Each also keeps the lease's entry in the running index (KEYS[2]) in step with it.
+        self._take = redis_client.register_script(_TAKE)
+        self._renew = redis_client.register_script(
+            _IF_HOLDER.format(then="redis.call('pexpire', KEYS[1], ARGV[2]); redis.call('zadd', KEYS[2], ARGV[3], ARGV[4])")
+        )
+        self._drop = redis_client.register_script(
+            "redis.call('zrem', KEYS[2], ARGV[2]); " + _IF_HOLDER.format(then="redis.call('del', KEYS[1])")
+        )
         self._end = redis_client.register_script(_END)
+        self._claim = redis_client.register_script(_CLAIM)
 
     def create(self, job_id, operations, input_ref, owner=""):
         """Record a new job whose dataset is ``input_ref``. Returns the record.
@@ -207,14 +287,41 @@ class JobStore:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key_for(job_id), mapping=self._encode(record))
             pipe.expire(key_for(job_id), self.ttl)
+            self._index(pipe, owner, job_id, created_at(record))
+            metrics.count_submitted(pipe, METRICS_KEY)
             pipe.execute()
         return record
+
+    def _index(self, pipe, owner, job_id, created):
+        # Members sort by creation (one score, ordered as text: ``<ms>:<id>``), so a page starts exactly
+        # after the last member of the one before, ties included. A record lives at most two TTLs from its
+        # creation (one to end, one after its end), so an older member names a record gone: dropped here, and
+        # the index expires with its jobs. Members whose record expired sooner are dropped as they are read.
+        key = index_key(owner)
+        pipe.zadd(key, {index_member(created, job_id): 0})
+        pipe.zremrangebylex(key, "-", f"({index_member(created - 2 * self.ttl)}")
+        pipe.expire(key, 2 * self.ttl)
+
+    def page(self, owner, before=None, after=None, count=100):
+        """Up to ``count`` members of ``owner``'s index, newest first, strictly between ``after`` and
+        ``before`` (members, or :func:`index_member` of a time alone; None: no bound)."""
+        high = "+" if before is None else f"({before}"
+        low = "-" if after is None else f"({after}"
+        return [member.decode() for member in self.redis.zrevrangebylex(index_key(owner), high, low, 0, count)]
+
+    def unindex(self, owner, members):
+        """Drop ``members`` from ``owner``'s index (their records are gone)."""
+        if members:
+            self.redis.zrem(index_key(owner), *members)
 
     def delete(self, job_id):
         """Remove ``job_id``'s record and the chunks it owns (used when a job could not be enqueued)."""
         record = self.get(job_id)
         self.redis.delete(key_for(job_id), key_for(job_id, "lease"))
         if record:
+            self.unindex(record.get("owner", ""), [index_member(created_at(record), job_id)])
+            if record.get("owner"):
+                self.release_slot(record["owner"], job_id)
             self.data.delete(self.owned_chunks(record))
 
     @staticmethod
@@ -230,7 +337,7 @@ class JobStore:
 
     def get(self, job_id):
         """Return the record of ``job_id`` as a dict, or None when there is none (unknown or expired)."""
-        return self._decode(self.redis.hgetall(key_for(job_id)))
+        return self.decode(self.redis.hgetall(key_for(job_id)))
 
     def get_with(self, job_id, key):
         """Return the record of ``job_id`` (as :meth:`get`) and the value at ``key``, read in one round trip."""
@@ -238,9 +345,10 @@ class JobStore:
             pipe.hgetall(key_for(job_id))
             pipe.get(key)
             raw, value = pipe.execute()
-        return self._decode(raw), value
+        return self.decode(raw), value
 
-    def _decode(self, raw):
+    def decode(self, raw):
+        """A record as :meth:`get` returns it, from its raw Redis hash (None when empty)."""
         if not raw:
             return None
         record = {k.decode(): v.decode() for k, v in raw.items()}
@@ -320,22 +428,32 @@ class JobStore:
         )
         if raw is None:
             return False
-        inputs = self.owned_chunks({"input": json.loads(raw)} if raw else {}, ("input",))
+        raw_input, owner = (value.decode() for value in raw)
+        if owner:  # only a token's jobs count against a quota
+            self.release_slot(owner, job_id)
+        inputs = self.owned_chunks({"input": json.loads(raw_input)} if raw_input else {}, ("input",))
         if inputs:
             # An inline dataset is the job's own: nothing else can use it once the job has ended.
             self.data.delete(inputs)
+        # Counted by whoever ended the job, so once per job.
+        metrics.record_end(
+            self.redis, METRICS_KEY, key_for(job_id), outcome, fields["finished_at"], extra.get("summary")
+        )
         return True
 
     def take_lease(self, job_id, holder, seconds, lease="lease"):
         """Mark ``job_id`` (or one of its chunks: ``lease`` names which) as run by ``holder`` for ``seconds``.
 
-        False while another holder's lease lives.
+        False while another holder's lease lives. A lease held shows in :meth:`running` until it is
+        dropped or runs out (its holder died), in the same round trip.
         """
-        return bool(self.redis.set(key_for(job_id, lease), holder, nx=True, px=int(seconds * 1000)))
+        args = [holder, int(seconds * 1000), time.time() + seconds, running_entry(job_id, lease, holder)]
+        return bool(self._take(keys=[key_for(job_id, lease), RUNNING_INDEX], args=args))
 
     def renew_lease(self, job_id, holder, seconds, lease="lease"):
         """Extend ``holder``'s lease on ``job_id``. False if it is no longer theirs."""
-        return bool(self._renew(keys=[key_for(job_id, lease)], args=[holder, int(seconds * 1000)]))
+        args = [holder, int(seconds * 1000), time.time() + seconds, running_entry(job_id, lease, holder)]
+        return bool(self._renew(keys=[key_for(job_id, lease), RUNNING_INDEX], args=args))
 
     def lease_left(self, job_id, lease="lease"):
         """Seconds left on ``job_id``'s lease (0 when there is none)."""
@@ -343,7 +461,20 @@ class JobStore:
 
     def drop_lease(self, job_id, holder, lease="lease"):
         """Give up ``holder``'s lease on ``job_id``, if it is still theirs."""
-        self._drop(keys=[key_for(job_id, lease)], args=[holder])
+        self._drop(keys=[key_for(job_id, lease), RUNNING_INDEX], args=[holder, running_entry(job_id, lease, holder)])
+
+    def running(self):
+        """``[{"job_id", "lease", "worker"}]`` of the leases held now, a job's or a chunk's: what runs where.
+
+        A holder that died leaves its entry behind until the lease would have run out; such entries
+        are dropped here on the way.
+        """
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(RUNNING_INDEX, "-inf", now)
+            pipe.zrangebyscore(RUNNING_INDEX, now, "+inf")
+            entries = pipe.execute()[1]
+        return [read_running_entry(entry.decode()) for entry in entries]
 
     # --- fan-out: a segment's chunks run as tasks of their own --------------------------
 
@@ -411,6 +542,11 @@ class JobStore:
         """How many workers beat within the last ``seconds``."""
         return self.redis.zcount(WORKERS_INDEX, time.time() - seconds, "+inf")
 
+    def live_worker_beats(self, seconds):
+        """``[(worker, epoch seconds of its last beat)]`` of the workers that beat within the last ``seconds``."""
+        beats = self.redis.zrangebyscore(WORKERS_INDEX, time.time() - seconds, "+inf", withscores=True)
+        return [(worker.decode(), beat) for worker, beat in beats]
+
     def workers(self, job_id):
         return sorted(w.decode() for w in self.redis.smembers(key_for(job_id, "workers")))
 
@@ -427,6 +563,36 @@ class JobStore:
         if raw is None:  # expired between the two calls: claim it again
             return self.claim_idempotency_key(owner, key, digest, job_id)
         return tuple(json.loads(raw))
+
+    def find_idempotency_key(self, owner, key):
+        """``(job_id, digest)`` of the job ``owner``'s ``key`` created, or None when the key is free."""
+        raw = self.redis.get(idempotency_key(owner, key))
+        return None if raw is None else tuple(json.loads(raw))
+
+    def claim_slot(self, owner, job_id, limit):
+        """Count ``job_id`` among ``owner``'s active jobs unless they number ``limit`` already. False at the limit.
+
+        A job leaves the count when it ends (:meth:`_finish`) or is deleted; one whose end did not release
+        it (a process dying between the two) is found, and dropped, when the count reaches the limit.
+        """
+        key, args = active_key(owner), [limit, job_id, time.time(), 2 * self.ttl]
+        if self._claim(keys=[key], args=args):
+            return True
+        members = [member.decode() for member in self.redis.zrange(key, 0, -1)]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.exists(key_for(member))
+                pipe.hexists(key_for(member), "finished_at")
+            found = pipe.execute()
+        ended = [member for i, member in enumerate(members) if not found[2 * i] or found[2 * i + 1]]
+        if not ended:
+            return False
+        self.redis.zrem(key, *ended)
+        return bool(self._claim(keys=[key], args=args))
+
+    def release_slot(self, owner, job_id):
+        """``job_id`` no longer counts among ``owner``'s active jobs."""
+        self.redis.zrem(active_key(owner), job_id)
 
     def release_idempotency_key(self, owner, key):
         """Forget ``key`` (its job could not be created), so a retry can create it."""

@@ -161,6 +161,13 @@ def _check_key(steps, schema):
 
 
 def _dry_run(steps, schema):
+    for _ in _frames_after(steps, schema):
+        pass
+
+
+def _frames_after(steps, schema):
+    """Yield the zero-row frame after each step of ``steps`` run on ``schema``'s columns; stop at a step whose
+    outcome depends on the data. Raises the first :class:`ParameterError`, placed at its step."""
     df = frames.empty_frame(schema)
     for step in steps:
         try:
@@ -170,6 +177,15 @@ def _dry_run(steps, schema):
         except Exception:  # noqa: BLE001 - data-dependent; the worker will report it with the data
             log.debug("dry run stopped at step %d (%s)", step.index, step.name, exc_info=True)
             return
+        yield df
+
+
+def plan(steps, schema):
+    """The columns (``[{"name", "type"}]``) after each of ``steps`` on a dataset of ``schema``, as
+    :func:`check_columns` finds them; None from the first step whose outcome depends on the data.
+    Raises what :func:`check_columns` raises."""
+    after = [frames.describe_columns(frames.frame_to_table(df).schema) for df in _frames_after(steps, schema)]
+    return after + [None] * (len(steps) - len(after))
 
 
 def run(df, steps, on_progress=None, interrupts=()):

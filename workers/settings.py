@@ -49,8 +49,12 @@ SETTINGS = {
         Setting("INLINE_RESULT_ROWS", 1000, "Most result rows `GET /jobs/<id>` returns inline in `data.data`; "
                 "larger results are fetched from `GET /jobs/<id>/result`.", int),
         # Who may see what.
-        Setting("API_TOKENS", (), "Comma-separated bearer tokens; when set, every endpoint but `/health` needs one, "
-                "and a job is visible only with the token that created it.", names),
+        Setting("API_TOKENS", (), "Comma-separated bearer tokens; when set, every endpoint but `/health` and "
+                "`/metrics` needs one, and a job is visible only with the token that created it.", names),
+        Setting("METRICS_TOKEN", None, "Bearer token `GET /metrics` needs when set; unset, `/metrics` is open to "
+                "anyone, also with `API_TOKENS` set."),
+        Setting("MAX_ACTIVE_JOBS_PER_TOKEN", 100, "With `API_TOKENS` set, most jobs one token may have queued or "
+                "running at once: past it, `429 too_many_jobs` with `Retry-After`; 0 for no limit.", int),
         # Running jobs: faults and limits.
         Setting("JOB_MAX_ATTEMPTS", 3, "Times a job may be started: one whose worker dies this often ends "
                 "`failed` (`worker_lost`).", int),

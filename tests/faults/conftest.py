@@ -56,6 +56,7 @@ SHARED = {
 #: Settings only the gateway reads: a module may set them on a shared stack (a gateway of its own).
 GATEWAY_ONLY = {
     "API_TOKENS",
+    "MAX_ACTIVE_JOBS_PER_TOKEN",
     "MAX_CONTENT_LENGTH",
     "MAX_RECORDS",
     "MAX_OPERATIONS",

@@ -9,6 +9,7 @@ once, and never restarted: every recovery here is their own.
 import contextlib
 import json
 import re
+import signal
 import subprocess
 import time
 
@@ -42,6 +43,15 @@ class RedisProcess:
 
     def stop(self):
         localstack.stop(self.proc)
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Redis is stopped with SIGSTOP inside the block (connections open, nothing answered), SIGCONT after."""
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
 
     @contextlib.contextmanager
     def down(self):
@@ -150,6 +160,36 @@ def test_while_redis_is_down_every_redis_endpoint_answers_503_within_2_seconds(s
     assert job_records(outage_redis) == records_before
     assert outage_redis.client().llen(QUEUE) == 0
     assert requests.get(stack.url + job_path, timeout=10).json()["data"]["data"] == [{"id": 1, "tag": "known"}]
+
+
+def test_a_frozen_redis_is_a_503_within_2_seconds_and_answers_again_once_it_thaws(stack, outage_redis):
+    known = run_job(stack.url, [tag("known")], [{"id": 1}])
+    calls = [
+        ("POST", "/jobs", {"json": {"dataset": [{"id": 1}], "operations": [tag("during")]}}),
+        ("GET", f"/jobs/{known['job_id']}", {}),
+        ("GET", "/jobs", {}),
+        ("GET", "/health", {}),
+    ]
+    problems, slowest = {}, 0.0
+    with outage_redis.frozen():
+        for method, path, kwargs in calls:
+            started = time.monotonic()
+            try:
+                response = requests.request(method, stack.url + path, timeout=ANSWER_WITHIN + 1, **kwargs)
+                problem = backend_unavailable_problem(response)
+            except requests.Timeout:
+                problem = "no answer"
+            took = time.monotonic() - started
+            slowest = max(slowest, took)
+            if problem or took > ANSWER_WITHIN:
+                problems[f"{method} {path}"] = problem or f"answered in {took:.2f} s"
+    print(f"\nslowest 503 while Redis was frozen: {slowest * 1000:.0f} ms")
+    assert not problems, "\n".join(f"{call}: {problem}" for call, problem in problems.items())
+    # Thawed: the same gateway and worker go on (the refused submission left no job behind).
+    body = run_job(stack.url, [tag("thawed")], [{"id": 3}])
+    assert body["status"] == "completed" and body["data"]["data"] == [{"id": 3, "tag": "thawed"}]
+    listed = requests.get(f"{stack.url}/jobs", params={"limit": 2}, timeout=10).json()["jobs"]
+    assert [job["job_id"] for job in listed] == [body["job_id"], known["job_id"]]
 
 
 def test_after_the_outage_gateway_and_worker_recover_by_themselves(stack, outage_redis):

@@ -366,6 +366,28 @@ def test_submit_is_retried_after_503_with_one_idempotency_key(gateway):
     assert len(keys) == 1 and len(keys.pop()) == 36  # the same uuid4 on every try
 
 
+def test_submit_waits_out_a_full_quota_past_the_retries_of_urllib3_with_one_idempotency_key(gateway):
+    full = (429, {"error": {"code": "too_many_jobs", "message": "quota", "details": {}}}, {"Retry-After": "0"})
+    gateway.on("POST", "/jobs", *[full] * 7, ACCEPTED)  # more 429s than urllib3's retries
+
+    answer = fast_client(gateway.url).submit([{"a": 1}], ["drop_nulls"], deadline=time.monotonic() + 10)
+
+    assert answer["job_id"] == JOB_ID
+    posts = gateway.seen("POST")
+    assert len(posts) == 8
+    assert len({headers["Idempotency-Key"] for _, _, headers, _ in posts}) == 1
+
+
+def test_a_full_quota_is_an_error_at_the_deadline(gateway):
+    full = (429, {"error": {"code": "too_many_jobs", "message": "quota", "details": {}}}, {"Retry-After": "1"})
+    gateway.on("POST", "/jobs", full)
+
+    with pytest.raises(GatewayError) as caught:
+        fast_client(gateway.url).submit([{"a": 1}], ["drop_nulls"], deadline=time.monotonic() + 0.3)
+
+    assert (caught.value.status, caught.value.code) == (429, "too_many_jobs")
+
+
 def test_submit_by_dataset_id(gateway):
     gateway.on("POST", "/jobs", ACCEPTED)
 
@@ -854,7 +876,10 @@ def test_unreachable_gateway_exits_4_at_the_deadline(closed_url, source, monkeyp
 
     assert result.exit_code == ExitCode.UNREACHABLE
     assert 1 <= time.monotonic() - started < 3
-    assert "Retrying" in result.stderr  # urllib3's own retry warnings are shown
+    # One short line per retry, urllib3's backoff in it; never urllib3's repr of its Retry and exception.
+    assert re.search(r"WARNING Gateway unreachable, retrying now \(1 of 4\)\.\n", result.stderr)
+    assert re.search(r"WARNING Gateway unreachable, retrying in 1\.0 s \(2 of 4\)\.\n", result.stderr)
+    assert "Retry(" not in result.stderr and "NewConnectionError" not in result.stderr
     assert "No job: gateway unreachable" in result.stderr
 
 
@@ -865,7 +890,7 @@ def test_gateway_lost_while_polling_is_retried_then_exits_4(gateway, source):
     result = invoke("run", source, "--gateway", gateway.url, "--timeout", "1", "--poll-interval", "0.1")
 
     assert result.exit_code == ExitCode.UNREACHABLE
-    assert "answered 503; retrying" in result.stderr
+    assert "Gateway answered 503, retrying" in result.stderr
     assert "kept answering 503 (backend_unavailable: Redis is down.)" in result.stderr
     assert re.search(rf"Job {JOB_ID}: gateway unreachable after 1\.\d s, last seen processing", result.stderr)
 
@@ -877,7 +902,7 @@ def test_503_on_submit_is_retried_and_logged(gateway, source):
     result = invoke("run", source, "--gateway", gateway.url)
 
     assert result.exit_code == ExitCode.OK, result.output
-    assert "POST /jobs answered 503; retrying" in result.stderr
+    assert re.search(r"WARNING Gateway answered 503, retrying now \(1 of 4\)\.\n", result.stderr)
     assert len(gateway.seen("POST", "/jobs")) == 2
 
 
@@ -906,14 +931,38 @@ def test_operations_lists_the_catalogue(gateway):
     assert result.stdout == "limit\n    Keep the first n rows.\n    n  required  integer\n"
 
 
-def test_status_shows_a_job(gateway):
-    gateway.on("GET", JOB_PATH, (200, FAILED))
+def test_status_shows_a_failed_job_with_its_message_once_and_exits_1(gateway):
+    # The gateway's message of a failed job is its error's message.
+    gateway.on("GET", JOB_PATH, (200, {**FAILED, "message": FAILED["error"]["message"]}))
 
     result = invoke("status", JOB_ID, "--gateway", gateway.url)
 
-    assert result.exit_code == ExitCode.OK
+    assert result.exit_code == ExitCode.JOB_FAILED
     assert f"Job {JOB_ID}: failed" in result.stdout
     assert "Error at operation 1: operation_failed: Step 1 (limit) failed: boom." in result.stdout
+    assert result.stdout.count("boom") == 1
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        (job("started", message="Queued: waiting for a worker."), ExitCode.OK),
+        (job("processing", done=1, message="Processing: 1 of 2 operations done."), ExitCode.OK),
+        ({**completed(2), "message": "Successfully processed 3 items with 2 operations"}, ExitCode.OK),
+        (job("cancelled", error={"type": "cancelled", "message": "Cancelled by request.", "operation_index": None},
+             message="Cancelled by request."), ExitCode.CANCELLED),
+    ],
+    ids=["queued", "processing", "completed", "cancelled"],
+)  # fmt: skip
+def test_status_exits_with_the_jobs_code_and_says_each_message_once(gateway, body, code):
+    gateway.on("GET", JOB_PATH, (200, body))
+
+    result = invoke("status", JOB_ID, "--gateway", gateway.url)
+    as_json = invoke("status", JOB_ID, "--gateway", gateway.url, "--json")
+
+    assert result.exit_code == code, result.output
+    assert as_json.exit_code == code and json.loads(as_json.stdout) == body
+    assert result.stdout.count(body["message"]) == 1
 
 
 def test_status_shows_how_far_a_running_job_got(gateway):
@@ -1234,9 +1283,10 @@ def test_polling_rides_out_an_outage_and_writes_the_output(gateway, source, tmp_
     assert result.exit_code == ExitCode.OK, result.output
     assert 1 <= time.monotonic() - started < 10  # Retry-After: 1 was honoured, the deadline was not waited for
     assert len(gateway.seen("GET", JOB_PATH)) == 1 + 5 + 4 + 1
-    assert "answered 503; retrying" in result.stderr
+    assert "Gateway answered 503, retrying" in result.stderr
     assert f"Following job {JOB_ID} failed" in result.stderr and "kept answering 503" in result.stderr
-    assert "Retrying" in result.stderr  # urllib3's warning after a dropped connection
+    assert "Gateway dropped the connection, retrying" in result.stderr  # the gateway's process gone
+    assert "Retry(" not in result.stderr  # not urllib3's own warning
     assert [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()] == OUTPUT
     assert json.loads((tmp_path / "out.jsonl.manifest.json").read_text())["rows_out"] == 2
     assert json.loads(result.stdout)["outcome"] == "completed"
@@ -1281,3 +1331,426 @@ def test_csv_output_neutralises_formulas_unless_raw_and_the_manifest_says_so(
     manifest = json.loads((tmp_path / f"{name}.manifest.json").read_text())
     assert (manifest["output"]["neutralise_formulas"], manifest["output"]["cells_neutralised"]) == (neutralised, cells)
     assert ("Wrote 2 text cells with a leading \'" in result.stderr) is (cells == 2)
+
+
+# harvester jobs
+
+
+def listed(job_id, status, created, **fields):
+    """A job as ``GET /jobs`` lists it: its body, without inline records."""
+    body = job(status, **fields)
+    body.update(job_id=job_id, created_at=created)
+    return body
+
+
+RUNNING = listed(
+    "a" * 32, "processing", "2026-12-03T10:00:00.000Z", done=1, started_at="2026-12-03T10:00:01.000Z",
+    finished_at=None,
+)  # fmt: skip
+RUNNING["progress"].update(chunks_done=3, chunks_total=8, current_operation="limit", phase="running")
+DONE = {
+    **completed(2, processed=1500),
+    "job_id": "b" * 32,
+    "created_at": "2026-12-03T09:00:00.000Z",
+    "started_at": "2026-12-03T09:00:00.500Z",
+    "finished_at": "2026-12-03T09:04:05.500Z",
+}
+QUEUED_CANCELLED = listed(
+    "c" * 32, "cancelled", "2026-12-03T08:00:00.000Z", started_at=None, finished_at="2026-12-03T08:00:02.000Z",
+    error={"type": "cancelled", "message": "Cancelled.", "operation_index": None},
+)  # fmt: skip
+
+
+def test_jobs_prints_a_table_of_the_callers_jobs(gateway):
+    gateway.on("GET", "/jobs", (200, {"jobs": [RUNNING, DONE, QUEUED_CANCELLED], "next": None}))
+
+    result = invoke("jobs", "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.OK, result.output
+    head, running, done, cancelled = result.stdout.splitlines()
+    assert head.split() == ["JOB", "STATUS", "PROGRESS", "ROWS", "IN", "ROWS", "OUT", "CREATED", "(UTC)", "DURATION"]
+    assert running.startswith("a" * 32 + "  processing  1/2 ops, 3/8 chunks")
+    assert " 2026-12-03 10:00:00 " in running
+    assert done.split()[:6] == ["b" * 32, "completed", "2/2", "ops", "1,500", "2"]
+    assert done.endswith("2026-12-03 09:00:00  4 min 05 s")
+    assert cancelled.split()[4:] == ["-", "-", "2026-12-03", "08:00:00", "2.0", "s"]  # never started
+    assert [r.path for r in gateway.seen("GET", "/jobs")] == ["/jobs?limit=20"]
+
+
+def test_jobs_json_filters_by_status_and_follows_the_next_page_up_to_the_limit(gateway):
+    # A page filtered by status may be empty and still have a next one.
+    pages = {None: ([RUNNING, DONE], "p2"), "p2": ([], "p3"), "p3": ([QUEUED_CANCELLED, RUNNING], "p4")}
+
+    def page(request, match):
+        cursor = parse_qs(urlsplit(request.path).query).get("cursor", [None])[0]
+        found, after = pages[cursor]
+        return 200, {"jobs": found, "next": after}, {"Link": f'</jobs?cursor={after}>; rel="next"'}
+
+    gateway.route("GET", "/jobs", page)
+
+    result = invoke("jobs", "--status", "processing,completed", "--status", "cancelled", "--limit", "3",
+                    "--json", "--gateway", gateway.url)  # fmt: skip
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert json.loads(result.stdout) == {"jobs": [RUNNING, DONE, QUEUED_CANCELLED]}
+    queries = [parse_qs(urlsplit(r.path).query) for r in gateway.seen("GET", "/jobs")]
+    statuses = ["processing", "completed", "cancelled"]
+    assert queries == [
+        {"status": statuses, "limit": ["3"]},
+        {"status": statuses, "limit": ["1"], "cursor": ["p2"]},
+        {"status": statuses, "limit": ["1"], "cursor": ["p3"]},
+    ]
+
+
+def test_jobs_without_any_says_so(gateway):
+    gateway.on("GET", "/jobs", (200, {"jobs": [], "next": None}))
+
+    result = invoke("jobs", "--gateway", gateway.url)
+
+    assert (result.exit_code, result.stdout) == (ExitCode.OK, "No jobs.\n")
+
+
+def test_jobs_with_a_status_that_does_not_exist_exits_2_asking_nothing(gateway):
+    result = invoke("jobs", "--status", "running", "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.USAGE
+    assert "'running' is not a job status" in result.stderr
+    assert gateway.requests == []
+
+
+@pytest.mark.parametrize(
+    "answer, complaint",
+    [
+        ((400, {"error": {"code": "invalid_parameter", "message": "The 'limit' parameter must be at most 500.",
+                          "details": {"parameter": "limit"}}}), "400 invalid_parameter: The 'limit' parameter"),
+        ((405, {"error": {"code": "method_not_allowed", "message": "Not allowed.", "details": {}}}),
+         "does not list jobs (GET /jobs): it is older than this harvester"),
+    ],
+    ids=["refused", "old gateway"],
+)  # fmt: skip
+def test_jobs_the_gateway_refuses_exits_2_with_its_reason(gateway, answer, complaint):
+    gateway.on("GET", "/jobs", answer)
+
+    result = invoke("jobs", "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.USAGE
+    assert complaint in result.stderr and result.stdout == ""
+
+
+# harvester cancel
+
+
+def test_cancel_cancels_a_running_job(gateway):
+    body = job("cancelled", error={"type": "cancelled", "message": "Cancelled by request.", "operation_index": None},
+               message="Cancelled by request.")  # fmt: skip
+    gateway.on("DELETE", JOB_PATH, (200, body))
+
+    result = invoke("cancel", JOB_ID, "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert result.stdout == f"Job {JOB_ID} cancelled. Cancelled by request.\n"
+    assert [r.method for r in gateway.requests] == ["DELETE"]
+
+
+def test_cancel_of_a_job_that_had_ended_exits_2_naming_its_status(gateway):
+    finished = {"code": "job_finished", "message": f"Job {JOB_ID} has already ended (completed).",
+                "details": {"job_status": "completed"}}  # fmt: skip
+    gateway.on("DELETE", JOB_PATH, (409, {"error": finished}))
+
+    result = invoke("cancel", JOB_ID, "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.USAGE
+    assert f"Job {JOB_ID} had already ended: it is completed. Nothing was cancelled." in result.stderr
+
+
+def test_cancel_of_an_unknown_job_exits_2(gateway):
+    result = invoke("cancel", "nope", "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.USAGE
+    assert "No job nope at" in result.stderr and "unknown, or the job expired" in result.stderr
+
+
+# harvester wait
+
+
+def tagged(body, tag):
+    return 200, body, {"ETag": f'"{tag}"'}
+
+
+def test_wait_follows_a_job_to_its_end_and_writes_its_output_like_fetch(gateway, tmp_path):
+    gateway.on("GET", JOB_PATH, tagged(job("processing"), "t1"))
+    gateway.on("GET", f"{JOB_PATH}?wait=30", tagged(job("processing", done=1), "t2"), tagged(COMPLETED, "t3"))
+    gateway.serve_result(JOB_ID, OUTPUT_TABLE)
+    output = tmp_path / "out.jsonl"
+
+    result = invoke("wait", JOB_ID, "--output", output, "--gateway", gateway.url, "--json")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()] == OUTPUT
+    manifest = json.loads((tmp_path / "out.jsonl.manifest.json").read_text())
+    assert (manifest["job_id"], manifest["source"], manifest["dataset"], manifest["rows_out"]) == (JOB_ID, None, None, 2)
+    # The same waiting as run's: one plain look, then waits naming the last body seen.
+    looks = gateway.seen("GET", JOB_PATH)
+    assert [r.path for r in looks] == [JOB_PATH, f"{JOB_PATH}?wait=30", f"{JOB_PATH}?wait=30"]
+    assert [r.headers.get("If-None-Match") for r in looks] == [None, '"t1"', '"t2"']
+    summary = json.loads(result.stdout)
+    assert (summary["outcome"], summary["exit_code"], summary["output"]) == ("completed", 0, str(output))
+    assert "processing: 1/2 operations" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "answers, code",
+    [
+        ([FAILED], ExitCode.JOB_FAILED),
+        ([job("cancelled", error={"type": "cancelled", "message": "Cancelled.", "operation_index": None})],
+         ExitCode.CANCELLED),
+        ([job("processing")], ExitCode.TIMEOUT),
+    ],
+    ids=["failed", "cancelled", "timeout"],
+)  # fmt: skip
+def test_wait_exits_as_run_does_and_writes_nothing_unless_completed(gateway, tmp_path, answers, code):
+    gateway.on("GET", JOB_PATH, *[(200, body) for body in answers])
+    output = tmp_path / "out.csv"
+
+    result = invoke("wait", JOB_ID, "-o", output, "--gateway", gateway.url, "--timeout", "0.5",
+                    "--poll-interval", "0.05")  # fmt: skip
+
+    assert result.exit_code == code, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_wait_for_an_unknown_job_exits_2_and_for_an_unreachable_gateway_4(gateway, closed_url):
+    unknown = invoke("wait", "nope", "--gateway", gateway.url)
+    unreachable = invoke("wait", JOB_ID, "--gateway", closed_url, "--timeout", "0.3", "--poll-interval", "0.1")
+
+    assert unknown.exit_code == ExitCode.USAGE and "not found" in unknown.stderr
+    assert unreachable.exit_code == ExitCode.UNREACHABLE
+
+
+def test_wait_without_output_says_how_to_fetch_the_result(gateway):
+    gateway.on("GET", JOB_PATH, (200, COMPLETED))
+
+    result = invoke("wait", JOB_ID, "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert f"harvester fetch {JOB_ID} --output PATH --gateway {gateway.url}" in result.stderr
+
+
+# run without --output
+
+
+def test_run_without_output_says_the_result_stays_on_the_gateway_and_how_to_fetch_it(gateway, source):
+    run_job(gateway, COMPLETED)
+
+    result = invoke("run", source, "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert (
+        f"The result of job {JOB_ID} stays on the gateway until it expires (JOB_TTL_SECONDS on the gateway, "
+        f"a day by default): harvester fetch {JOB_ID} --output PATH --gateway {gateway.url}\n"
+    ) in result.stderr
+    assert gateway.seen("GET", f"{JOB_PATH}/result") == []  # nothing downloaded
+
+
+# Ctrl-C
+
+
+def interrupt(monkeypatch, method, after=0):
+    """Make ``GatewayClient.<method>`` raise KeyboardInterrupt (as Ctrl-C would) from its call ``after + 1`` on."""
+    original, calls = getattr(GatewayClient, method), []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(method)
+        if len(calls) > after:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GatewayClient, method, interrupted)
+
+
+def test_ctrl_c_while_a_run_follows_its_job_leaves_it_running_and_says_how_to_go_on(
+    gateway, source, tmp_path, monkeypatch
+):
+    run_job(gateway, job("processing", done=1))
+    interrupt(monkeypatch, "look", after=1)  # during the second look: the job is known to be processing
+    output = tmp_path / "my out.csv"
+
+    result = invoke("run", source, "--output", output, "--raw-csv", "--gateway", gateway.url, "--poll-interval", "0.01")
+
+    assert result.exit_code == ExitCode.INTERRUPTED
+    assert "Aborted!" not in result.output
+    assert result.stderr.endswith(
+        f"Interrupted: job {JOB_ID} goes on at the gateway (last seen processing).\n"
+        f"  Follow it and write its output: harvester wait {JOB_ID} --output '{output}' --raw-csv "
+        f"--gateway {gateway.url}\n"
+        f"  Cancel it: harvester cancel {JOB_ID} --gateway {gateway.url}\n"
+    )
+    assert gateway.seen("DELETE") == []
+    assert list(tmp_path.iterdir()) == [tmp_path / "in.csv"]
+
+
+def test_ctrl_c_with_cancel_on_interrupt_cancels_the_job(gateway, source, monkeypatch):
+    run_job(gateway, job("processing"))
+    gateway.on("DELETE", JOB_PATH, (200, job("cancelled")))
+    interrupt(monkeypatch, "look", after=1)
+
+    result = invoke("run", source, "--cancel-on-interrupt", "--gateway", gateway.url, "--poll-interval", "0.01")
+
+    assert result.exit_code == ExitCode.INTERRUPTED
+    assert f"Interrupted: job {JOB_ID} is cancelled (--cancel-on-interrupt).\n" in result.stderr
+    assert [r.path for r in gateway.seen("DELETE")] == [JOB_PATH]
+
+
+def test_ctrl_c_with_cancel_on_interrupt_after_the_job_ended_says_so(gateway, source, monkeypatch):
+    run_job(gateway, job("processing"))
+    finished = {"code": "job_finished", "message": "Ended.", "details": {"job_status": "failed"}}
+    gateway.on("DELETE", JOB_PATH, (409, {"error": finished}))
+    interrupt(monkeypatch, "look", after=1)
+
+    result = invoke("run", source, "--cancel-on-interrupt", "--gateway", gateway.url, "--poll-interval", "0.01")
+
+    assert result.exit_code == ExitCode.INTERRUPTED
+    assert f"Interrupted: job {JOB_ID} had already ended (failed); nothing was cancelled." in result.stderr
+
+
+def test_ctrl_c_during_the_upload_submits_nothing_and_deletes_the_dataset(gateway, source, monkeypatch):
+    datasets = FakeDatasets(gateway)
+    interrupt(monkeypatch, "put_part")
+
+    result = invoke("run", source, "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.INTERRUPTED
+    assert "Interrupted: nothing was submitted.\n" in result.stderr
+    assert gateway.seen("POST", "/jobs") == []
+    assert datasets.deleted == ["ds-1"]
+
+
+def test_ctrl_c_while_downloading_says_how_to_fetch_the_result_and_leaves_no_partial_output(
+    gateway, source, tmp_path, monkeypatch
+):
+    run_job(gateway, COMPLETED)
+    interrupt(monkeypatch, "result")
+    output = tmp_path / "out.parquet"
+
+    result = invoke("run", source, "--output", output, "--gateway", gateway.url, "--cancel-on-interrupt")
+
+    assert result.exit_code == ExitCode.INTERRUPTED
+    assert result.stderr.endswith(
+        f"Interrupted: job {JOB_ID} has completed; its output was not written. Write it with: "
+        f"harvester fetch {JOB_ID} --output {output} --gateway {gateway.url}\n"
+    )
+    assert gateway.seen("DELETE") == []  # nothing to cancel
+    assert list(tmp_path.iterdir()) == [tmp_path / "in.csv"]
+
+
+def test_ctrl_c_while_waiting_says_how_to_go_on_with_the_default_gateway_left_out(gateway, monkeypatch):
+    gateway.on("GET", JOB_PATH, (200, job("started")))
+    monkeypatch.setattr("harvester.harvest.DEFAULT_GATEWAY", gateway.url)  # as if it were the default one
+    interrupt(monkeypatch, "look", after=1)
+
+    result = invoke("wait", JOB_ID, "--gateway", gateway.url, "--poll-interval", "0.01")
+
+    assert result.exit_code == ExitCode.INTERRUPTED
+    assert f"  Follow it and write its output: harvester wait {JOB_ID} --output PATH\n" in result.stderr
+    assert f"  Cancel it: harvester cancel {JOB_ID}\n" in result.stderr
+
+
+# Dry runs
+
+
+PLAN = {
+    "dry_run": True,
+    "rows": 3,
+    "columns": [{"name": "id", "type": "integer"}, {"name": "name", "type": "string"},
+                {"name": "count", "type": "integer"}],
+    "steps": [
+        {"index": 0, "name": "drop_nulls", "columns": [{"name": "id", "type": "integer"},
+                                                        {"name": "name", "type": "string"},
+                                                        {"name": "count", "type": "integer"}]},
+        {"index": 1, "name": "select_columns", "columns": [{"name": "id", "type": "integer"}]},
+        {"index": 2, "name": "sample", "columns": None},
+    ],
+    "message": "Valid: 3 operations on 3 rows. Nothing was stored or queued.",
+}  # fmt: skip
+
+
+def test_dry_run_uploads_the_source_checks_the_job_prints_the_plan_and_leaves_nothing(gateway, source, tmp_path):
+    datasets = FakeDatasets(gateway)
+    gateway.on("POST", "/jobs?dry_run=true", (200, PLAN))
+    output = tmp_path / "out.csv"
+
+    result = invoke("run", source, "--op", "drop_nulls", "--op", 'select_columns:{"columns": ["id"]}',
+                    "--op", 'sample:{"n": 1}', "--output", output, "--dry-run", "--gateway", gateway.url)  # fmt: skip
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert result.stdout == (
+        f"Input: {source}, 3 rows: id integer, name string, count integer\n"
+        "Step 0 drop_nulls: id integer, name string, count integer\n"
+        "Step 1 select_columns: id integer\n"
+        "Step 2 sample: columns depend on the data\n"
+        "Valid: 3 operations on 3 rows. Nothing was stored or queued.\n"
+    )
+    # The real dataset went up (the checks see its real columns and types), was checked by id, and was deleted.
+    assert uploaded(gateway) == [
+        {"id": 1, "name": "Zoë", "count": 3},
+        {"id": 2, "name": None, "count": None},
+        {"id": 3, "name": "李", "count": None},
+    ]
+    (post,) = gateway.seen("POST", "/jobs")
+    assert post.path == "/jobs?dry_run=true"
+    assert post.body["dataset_id"] == "ds-1" and len(post.body["operations"]) == 3
+    assert datasets.deleted == ["ds-1"]
+    assert gateway.seen("GET") == []
+    assert list(tmp_path.iterdir()) == [tmp_path / "in.csv"]
+
+
+def test_dry_run_json_prints_the_gateways_plan(gateway, source):
+    FakeDatasets(gateway)
+    gateway.on("POST", "/jobs?dry_run=true", (200, PLAN))
+
+    result = invoke("run", source, "--dry-run", "--json", "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert json.loads(result.stdout) == PLAN
+
+
+def test_dry_run_of_a_job_the_gateway_refuses_exits_2_with_its_message(gateway, source):
+    datasets = FakeDatasets(gateway)
+    unknown = {"code": "unknown_column", "details": {"step": 0, "operation": "sort", "parameter": "by"},
+               "message": "Step 0 (sort): The 'by' parameter of sort names column 'age', which does not exist."}
+    gateway.on("POST", "/jobs?dry_run=true", (400, {"error": unknown}))  # fmt: skip
+
+    result = invoke("run", source, "--op", 'sort:{"by": "age"}', "--dry-run", "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.USAGE
+    assert "400 unknown_column: Step 0 (sort): The 'by' parameter of sort names column 'age'" in result.stderr
+    assert result.stdout == ""
+    assert datasets.deleted == ["ds-1"]
+
+
+def test_dry_run_against_a_gateway_that_does_not_know_it_cancels_the_job_it_queued(gateway, source):
+    FakeDatasets(gateway)
+    gateway.on("POST", "/jobs?dry_run=true", ACCEPTED)  # ?dry_run ignored: a real job
+    gateway.on("DELETE", JOB_PATH, (200, job("cancelled")))
+
+    result = invoke("run", source, "--dry-run", "--gateway", gateway.url)
+
+    assert result.exit_code == ExitCode.UNREACHABLE  # a gateway error, as a 5xx is
+    assert f"The gateway does not know dry runs: it queued job {JOB_ID} instead (it was cancelled)" in result.stderr
+    assert [r.path for r in gateway.seen("DELETE", JOB_PATH)] == [JOB_PATH]
+
+
+def test_jobs_cancel_and_wait_send_the_token_and_never_show_it(gateway):
+    gateway.on("GET", "/jobs", (200, {"jobs": [RUNNING], "next": None}))
+    gateway.on("DELETE", JOB_PATH, (200, job("cancelled")))
+    gateway.on("GET", JOB_PATH, (200, COMPLETED))
+    env = {"GATEWAY_TOKEN": TOKEN}
+
+    results = [invoke(*args, "--gateway", gateway.url, env=env) for args in (["jobs"], ["cancel", JOB_ID],
+                                                                              ["wait", JOB_ID])]  # fmt: skip
+
+    assert [r.exit_code for r in results] == [ExitCode.OK] * 3, [r.output for r in results]
+    assert [(m, urlsplit(p).path, a) for m, p, a in authorizations(gateway)] == [
+        ("GET", "/jobs", f"Bearer {TOKEN}"), ("DELETE", JOB_PATH, f"Bearer {TOKEN}"), ("GET", JOB_PATH, f"Bearer {TOKEN}"),
+    ]  # fmt: skip
+    assert not any(TOKEN in r.stdout + r.stderr for r in results)
