@@ -472,6 +472,8 @@ def _job_body(job_id, record, meta=None):
         "started_at": record.get("started_at"),
         "finished_at": record.get("finished_at"),
         "attempts": record.get("attempts", 0),
+        "rows_in": record.get("rows_in", 0),
+        "operations": [step["name"] for step in record.get("operations", ())],
     }
     progress, info = body["progress"], meta.get("result")
     if isinstance(info, dict) and "operations_done" in info:

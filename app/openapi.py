@@ -234,10 +234,16 @@ def _schemas(config):
                 "started_at": {**_TIME, "type": ["string", "null"]},
                 "finished_at": {**_TIME, "type": ["string", "null"]},
                 "attempts": _INT,
+                "rows_in": {**_INT, "description": "Rows in the job's dataset."},
+                "operations": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "The names of the job's operations, in order.",
+                },
             },
             "required": [
                 "job_id", "status", "message", "progress", "data", "error",
-                "created_at", "started_at", "finished_at", "attempts",
+                "created_at", "started_at", "finished_at", "attempts", "rows_in", "operations",
             ],
         },
         "OperationInfo": {

@@ -329,7 +329,7 @@
     chunks.value = progress.chunksValue;
     chunks.title = progress.chunksText;
     row.querySelector(".progress-label").textContent = progress.label;
-    row.querySelector(".col-rows-in").textContent = count(job.data && job.data.processed_items);
+    row.querySelector(".col-rows-in").textContent = count(job.data ? job.data.processed_items : job.rows_in);
     row.querySelector(".col-rows-out").textContent = count(job.data && job.data.output_items);
     row.querySelector(".col-duration").textContent = duration(job);
     const created = row.querySelector(".col-created");
@@ -411,6 +411,8 @@
       ["Attempts", String(job.attempts ?? 0)],
       ["Progress", progressOf(job).label],
     ];
+    if (Array.isArray(job.operations) && job.operations.length) facts.push(["Operations", job.operations.join(" → ")]);
+    if (!data) facts.push(["Rows in", count(job.rows_in)]);
     if (data) {
       facts.push(["Rows in", count(data.processed_items)], ["Rows out", count(data.output_items)]);
       if (Array.isArray(data.workers) && data.workers.length) facts.push(["Workers", data.workers.join(", ")]);
