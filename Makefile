@@ -17,8 +17,13 @@ install: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/python scripts/demo.py
 
+# When make started: `make test` ends with its wall time from here (the install included), pass or fail.
+STARTED := $(shell date +%s)
+
 test: $(INSTALLED)
-	$(BIN)/python -m pytest
+	@$(BIN)/python -m pytest; status=$$?; took=$$(( $$(date +%s) - $(STARTED) )); \
+	echo "make test: $$took s ($$(( took / 60 )) min $$(( took % 60 )) s) of wall time, install included; exit status $$status"; \
+	exit $$status
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/run.py

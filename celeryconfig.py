@@ -64,6 +64,11 @@ result_backend_max_retries = 30
 result_backend_base_sleep_between_retries_ms = 100
 result_backend_max_sleep_between_retries_ms = 2000
 
+# A worker process whose resident memory passed WORKER_MAX_MEMORY_MB is replaced by a fresh one once the task
+# it runs has ended (Celery checks after each task; it never stops a task half way: the kernel's OOM killer
+# and JOB_MAX_ATTEMPTS deal with one that outgrows the machine). Celery counts KiB; None is no cap.
+worker_max_memory_per_child = settings.get("WORKER_MAX_MEMORY_MB") * 1024 or None
+
 result_expires = settings.get("JOB_TTL_SECONDS")
 task_default_queue = "datajobs"
 broker_connection_retry_on_startup = True

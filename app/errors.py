@@ -64,6 +64,8 @@ def handle_http_error(exc):
 
 
 def handle_backend_down(exc):
+    if isinstance(exc.__cause__, FULL_ERRORS):  # kombu's OperationalError for a message a full Redis refused
+        return handle_storage_full(exc)
     log.warning("backend unavailable: %s", exc)
     return error_response(
         503,

@@ -4,6 +4,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import os
 import re
 import time
 from datetime import datetime, timezone
@@ -22,7 +23,7 @@ from workers import chunks, frames, logs, pipeline
 from workers.celery import RUN_JOB
 from workers.chunks import ChunkWriter
 from workers.datasets import READY
-from workers.datastore import StorageFull
+from workers.datastore import FULL_ERRORS, StorageFull
 from workers.errors import InvalidRequest, hard_time_limit_error, job_error
 from workers.jobstore import index_member, is_job_id, new_job_id, read_index_member
 from workers.status import JobStatus, Phase, job_status
@@ -124,7 +125,8 @@ def _enqueue(store, owner, job_id, job, data, key, digest):
     input_ref = _store_inline(job_id, data) if job.dataset_id is None else data
     logs.bind_job(job_id)
     try:
-        store.create(job_id, [step.to_json() for step in job.steps], input_ref, owner=owner)
+        store.create(job_id, [step.to_json() for step in job.steps], input_ref, owner=owner,
+                     orphan_seconds=current_app.config["ORPHAN_SECONDS"])
     except BaseException as exc:
         if not _unresponsive(exc):
             with contextlib.suppress(Exception):
@@ -137,14 +139,21 @@ def _enqueue(store, owner, job_id, job, data, key, digest):
             if earlier is not None:
                 store.delete(job_id)
                 return _replay(key, *earlier, digest)
+        if current_app.config["TEST_DIE_BEFORE_SEND"]:
+            log.warning("TEST_DIE_BEFORE_SEND: this gateway process exits before sending job %s", job_id)
+            os._exit(1)  # not 3 or 4, on which gunicorn's arbiter would stop every process
         # The message carries the job id only; the data waits in the job store.
         _celery().send_task(RUN_JOB, args=[job_id], task_id=job_id)
-    except BACKEND_ERRORS:
+    except (*BACKEND_ERRORS, *FULL_ERRORS):  # a full Redis too: the claim or the message refused (507)
         with contextlib.suppress(*BACKEND_ERRORS):  # best effort: Redis may be the thing that is down
             store.delete(job_id)
             if key:
                 store.release_idempotency_key(owner, key)
         raise
+    # One ZREM more per job, once the message is on the queue: a process dying before it leaves the job
+    # listed, and the workers' sweeper sends it. Failing, it costs at most a duplicate message, which runs once.
+    with contextlib.suppress(*BACKEND_ERRORS):
+        store.sent(job_id)
     return None
 
 

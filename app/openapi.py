@@ -394,7 +394,8 @@ def _responses():
             ["dataset_not_found", "not_found"],
         ),
         "StorageFull": _error(
-            "The data store has no room for this upload or result; nothing was kept.", ["storage_full"]
+            "The store (Redis at maxmemory, or a full directory) has no room for what this request writes: an "
+            "upload, a job, a cancel; nothing of it was kept.", ["storage_full"]
         ),
         "BackendUnavailable": _error(
             "Redis (job store and broker) is unreachable; retry after Retry-After seconds.",
@@ -756,6 +757,7 @@ def _dataset_paths(config):
                     ),
                     **common,
                     "409": committed,
+                    "507": _ref("StorageFull", "responses"),
                 },
             },
         },
@@ -851,7 +853,7 @@ def _result_paths(job_id):
             "operationId": "deleteJobResult",
             "tags": ["jobs"],
             "summary": "Free a completed job's result now; afterwards it is 410 result_deleted.",
-            "responses": {"204": {"description": "Deleted."}, **common},
+            "responses": {"204": {"description": "Deleted."}, **common, "507": _ref("StorageFull", "responses")},
         },
     }
 
@@ -960,6 +962,7 @@ def _paths(config):
                     "404": _ref("JobNotFound", "responses"),
                     "409": _error("The job had already ended.", ["job_finished"]),
                     "503": _ref("BackendUnavailable", "responses"),
+                    "507": _ref("StorageFull", "responses"),  # Redis at maxmemory refuses the cancel's write
                 },
             },
         },
@@ -1075,24 +1078,7 @@ def _docs_paths():
                 },
             }
         },
-        "/docs/{filename}": {
-            "get": {
-                "operationId": "docsAsset",
-                "tags": ["meta"],
-                "summary": "A file of Swagger UI, for GET /docs.",
-                "security": [],
-                "parameters": [
-                    {"name": "filename", "in": "path", "required": True, "schema": {"enum": list(files)}}
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The file.",
-                        "content": {media: {"schema": {"type": "string"}} for media in sorted(set(files.values()))},
-                    },
-                    "404": _error("No such file.", ["not_found"]),
-                },
-            }
-        },
+        "/docs/{filename}": _files_path("docsAsset", "A file of Swagger UI, for GET /docs.", files),
     }
 
 
@@ -1114,24 +1100,27 @@ def _dashboard_paths():
                 },
             }
         },
-        "/dashboard/{filename}": {
-            "get": {
-                "operationId": "dashboardAsset",
-                "tags": ["meta"],
-                "summary": "A file of the dashboard, for GET /.",
-                "security": [],
-                "parameters": [
-                    {"name": "filename", "in": "path", "required": True, "schema": {"enum": list(files)}}
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The file.",
-                        "content": {media: {"schema": {"type": "string"}} for media in sorted(set(files.values()))},
-                    },
-                    "404": _error("No such file.", ["not_found"]),
+        "/dashboard/{filename}": _files_path("dashboardAsset", "A file of the dashboard, for GET /.", files),
+    }
+
+
+def _files_path(operation_id, summary, files):
+    """The path of a page's own files, open to anyone: ``files`` is ``{name: media type}``, all it serves."""
+    return {
+        "get": {
+            "operationId": operation_id,
+            "tags": ["meta"],
+            "summary": summary,
+            "security": [],
+            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"enum": list(files)}}],
+            "responses": {
+                "200": {
+                    "description": "The file.",
+                    "content": {media: {"schema": {"type": "string"}} for media in sorted(set(files.values()))},
                 },
-            }
-        },
+                "404": _error("No such file.", ["not_found"]),
+            },
+        }
     }
 
 

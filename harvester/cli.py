@@ -478,22 +478,7 @@ def wait(job_id, output, force, raw_csv, gateway, token, poll_interval, max_wait
     Exit codes: 0 completed, 1 job failed, 2 usage error or unknown job,
     3 timeout, 4 gateway unreachable, 5 job cancelled, 130 interrupted.
     """
-    _check_output_option(output)
-    from harvester.harvest import Harvest
-
-    _lean_allocator()
-    harvest = Harvest(
-        _client(gateway, token),
-        None,
-        [],
-        output=output,
-        poll_interval=poll_interval,
-        max_wait=max_wait,
-        timeout=timeout,
-        neutralise_formulas=not raw_csv,
-        force=force,
-        display=_display(),
-    )
+    harvest = _existing_job_harvest(gateway, token, output, raw_csv, force, poll_interval, timeout, max_wait=max_wait)
     _finish(harvest, lambda: harvest.follow(job_id), as_json, raw_csv=raw_csv)
 
 
@@ -515,11 +500,17 @@ def fetch(job_id, output, force, raw_csv, gateway, token, poll_interval, timeout
     """
     if output is None:
         raise click.UsageError("Missing option '--output' / '-o': where to write the result.")
+    harvest = _existing_job_harvest(gateway, token, output, raw_csv, force, poll_interval, timeout)
+    _finish(harvest, lambda: harvest.fetch(job_id), as_json, raw_csv=raw_csv)
+
+
+def _existing_job_harvest(gateway, token, output, raw_csv, force, poll_interval, timeout, **options):
+    """A :class:`Harvest` of a job already on the gateway (no source, no operations): for wait and fetch."""
     _check_output_option(output)
     from harvester.harvest import Harvest
 
     _lean_allocator()
-    harvest = Harvest(
+    return Harvest(
         _client(gateway, token),
         None,
         [],
@@ -529,8 +520,8 @@ def fetch(job_id, output, force, raw_csv, gateway, token, poll_interval, timeout
         neutralise_formulas=not raw_csv,
         force=force,
         display=_display(),
+        **options,
     )
-    _finish(harvest, lambda: harvest.fetch(job_id), as_json, raw_csv=raw_csv)
 
 
 @main.command()

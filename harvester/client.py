@@ -56,6 +56,8 @@ DEFAULT_MAX_WAIT = 30.0
 MIN_WAIT_SECONDS = 0.05
 #: Seconds a waiting request's read timeout allows beyond its wait.
 WAIT_MARGIN_SECONDS = 10.0
+#: Seconds before the deadline a wait ends at the latest (half the time left, when less is left).
+DEADLINE_MARGIN_SECONDS = 1.0
 
 
 class GatewayClient:
@@ -228,7 +230,7 @@ class GatewayClient:
             except GatewayError as exc:
                 if exc.status != 429 or remaining(deadline) <= 0:
                     raise
-                wait = min(exc.retry_after or QUOTA_WAIT_SECONDS, remaining(deadline))
+                wait = min(QUOTA_WAIT_SECONDS if exc.retry_after is None else exc.retry_after, remaining(deadline))
                 log.warning("The gateway runs as many of this token's jobs as it allows (%s); submitting again "
                             "in %.0f s.", exc.code, wait)
                 sleep_until(wait, deadline)
@@ -397,9 +399,13 @@ class GatewayClient:
         seen, job, tag, waits = None, None, None, max_wait > 0
         while True:
             # The first look does not wait: it brings the body (and tag) that later looks wait to change from.
-            seconds = min(max_wait, remaining(deadline)) if waits and tag else None
+            # A wait ends early enough before the deadline for its answer to arrive within it (else a late
+            # answer would read as an unreachable gateway, not as a job still running).
+            left = remaining(deadline)
+            seconds = min(max_wait, left - min(DEADLINE_MARGIN_SECONDS, left / 2)) if waits and tag else None
             if seconds is not None and seconds < MIN_WAIT_SECONDS:
                 seconds = None
+            near_deadline = bool(waits and tag and seconds is None)
             try:
                 answer, new_tag = retry_until(
                     lambda: self.look(job_id, wait=seconds, etag=tag if seconds else None, deadline=deadline),
@@ -430,7 +436,7 @@ class GatewayClient:
                 return job
             if remaining(deadline) <= 0:
                 raise JobTimeout(job_id, job)
-            if not waits:
+            if not waits or near_deadline:  # polling, or too near the deadline to wait
                 sleep_until(poll_interval, deadline)
 
     def _json(self, method, path, *, deadline=None, **kwargs):

@@ -3,8 +3,15 @@
 Gateway tests run the real Flask app with fakeredis as the job store and
 Celery's in-memory transport and cache backend, so a test can count the
 messages that were (or were not) enqueued and set a task's state.
+
+Tests that start processes are marked ``integration``: every test under ``tests/faults/`` and
+``tests/integration/``, and any other marked so itself. Any other test that starts one fails
+(:func:`starts_no_process`), so ``pytest -m "not integration"`` starts none.
 """
 
+import multiprocessing.process
+import os
+import subprocess
 from pathlib import Path
 
 import fakeredis
@@ -25,6 +32,31 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if any(item.path.is_relative_to(folder) for folder in INTEGRATION_DIRS):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def starts_no_process(request, monkeypatch):
+    """Fail a test not marked ``integration`` that starts a process (a fork, a subprocess, a pool)."""
+    if request.node.get_closest_marker("integration") is not None:
+        return
+
+    def refused(*args, **kwargs):
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process: only tests marked integration may (pytest -m \"not "
+            "integration\" starts none). Move it to tests/integration/, or mark it integration."
+        )
+
+    for owner, name in [(os, "fork"), (os, "system"), (os, "posix_spawn"), (subprocess.Popen, "_execute_child"),
+                        (multiprocessing.process.BaseProcess, "start")]:  # fmt: skip
+        monkeypatch.setattr(owner, name, refused)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With ``-m "not integration"`` those folders are not even imported: every test there would be deselected,
+    and importing their modules (a browser driver, schemathesis, stacks' helpers) costs seconds."""
+    if " ".join(config.getoption("markexpr", "").split()) == "not integration":
+        return any(collection_path.is_relative_to(folder) for folder in INTEGRATION_DIRS) or None
+    return None
 
 
 @pytest.fixture
@@ -52,13 +84,17 @@ def client(app):
 
 @pytest.fixture
 def complete_job(app):
-    """A function that ends a job ``completed`` with ``records`` as its result, as a worker would."""
+    """A function that ends a job ``completed`` with ``records`` as its result, as a worker would.
+
+    ``chunk_rows``: rows per chunk of the result (``CHUNK_ROWS`` by default), so a download comes in pieces.
+    """
     from workers import frames
     from workers.chunks import ChunkWriter
 
-    def complete(job_id, records, summary, inline=True):
+    def complete(job_id, records, summary, inline=True, chunk_rows=None):
         store = app.extensions["jobstore"]
-        with ChunkWriter(store.data, "job", job_id, "a1-output", app.config["CHUNK_ROWS"], mixed_as_json=True) as out:
+        rows = chunk_rows or app.config["CHUNK_ROWS"]
+        with ChunkWriter(store.data, "job", job_id, "a1-output", rows, mixed_as_json=True) as out:
             out.write(frames.records_to_table(records))
             ref = out.close()
         summary = {"columns": frames.describe_columns(frames.decode_schema(ref["schema"])), "workers": ["w1"],

@@ -17,6 +17,8 @@ Redis keys (all built by :func:`key_for` and :func:`dataset_key`, all expiring a
 - ``datajobs:dataset:<id>``     hash: a dataset's description, its parts and chunk list (``datasets.py``)
 - ``datajobs:idempotency:<digest>``  the job an ``Idempotency-Key`` created, for the TTL
 - ``datajobs:joins``            sorted set: segments whose chunks are all done, by when (:data:`FANOUT_INDEX`)
+- ``datajobs:unsent``           sorted set: jobs recorded whose message the gateway has not yet said it sent, by
+  when the sweeper sends it instead (:data:`UNSENT_INDEX`)
 - ``datajobs:lock:sweeper``     the lock of the worker sweeping overdue joins (:data:`SWEEPER_LOCK`)
 - ``datajobs:workers``          sorted set: live workers by their last heartbeat (:data:`WORKERS_INDEX`)
 - ``datajobs:running``          sorted set: the leases held now, ``<job id> <lease> <holder>`` by when each
@@ -102,6 +104,9 @@ FANOUT_INDEX = f"{KEY_PREFIX}:joins"
 WORKERS_INDEX = f"{KEY_PREFIX}:workers"
 #: Sorted set of the leases held now (a job, or a chunk of one), by when each runs out unless renewed.
 RUNNING_INDEX = f"{KEY_PREFIX}:running"
+#: Sorted set of the jobs recorded whose message is not known to be sent, by when the workers' sweeper sends it
+#: instead (creation + ``ORPHAN_SECONDS``): a gateway that died between the record and its message left an orphan.
+UNSENT_INDEX = f"{KEY_PREFIX}:unsent"
 #: Lock held by the one worker sweeping at a time.
 SWEEPER_LOCK = f"{KEY_PREFIX}:lock:sweeper"
 #: Hash of job figures (counters, histogram buckets) every gateway reports on ``GET /metrics`` (``metrics.py``).
@@ -265,13 +270,15 @@ class JobStore:
         self._end = redis_client.register_script(_END)
         self._claim = redis_client.register_script(_CLAIM)
 
-    def create(self, job_id, operations, input_ref, owner=""):
+    def create(self, job_id, operations, input_ref, owner="", orphan_seconds=None):
         """Record a new job whose dataset is ``input_ref``. Returns the record.
 
         ``operations`` is the validated list of ``{"name", "params"}``;
         ``input_ref`` is ``{"dataset_id", "chunks": [{"name", "rows"}], "schema", "rows"}``
         (``dataset_id`` None for an inline dataset, whose chunks the job owns);
         ``owner`` who may see it (a digest of its creator's token, or "").
+        The job is listed as unsent until :meth:`sent`: ``orphan_seconds`` (default ``ORPHAN_SECONDS``)
+        after its creation the workers' sweeper sends its message itself (:meth:`unsent`).
         """
         record = {
             "job_id": job_id,
@@ -288,6 +295,10 @@ class JobStore:
             pipe.hset(key_for(job_id), mapping=self._encode(record))
             pipe.expire(key_for(job_id), self.ttl)
             self._index(pipe, owner, job_id, created_at(record))
+            # In the same transaction as the record: no record can be left without a way to its message.
+            if orphan_seconds is None:
+                orphan_seconds = settings.get("ORPHAN_SECONDS")
+            pipe.zadd(UNSENT_INDEX, {job_id: created_at(record) + orphan_seconds})
             metrics.count_submitted(pipe, METRICS_KEY)
             pipe.execute()
         return record
@@ -317,7 +328,10 @@ class JobStore:
     def delete(self, job_id):
         """Remove ``job_id``'s record and the chunks it owns (used when a job could not be enqueued)."""
         record = self.get(job_id)
-        self.redis.delete(key_for(job_id), key_for(job_id, "lease"))
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(key_for(job_id), key_for(job_id, "lease"))
+            pipe.zrem(UNSENT_INDEX, job_id)  # no message to send
+            pipe.execute()
         if record:
             self.unindex(record.get("owner", ""), [index_member(created_at(record), job_id)])
             if record.get("owner"):
@@ -514,6 +528,15 @@ class JobStore:
         """``[(job_id, segment)]`` whose join has been due for more than ``seconds`` (its message lost?)."""
         due = self.redis.zrangebyscore(FANOUT_INDEX, 0, time.time() - seconds)
         return [(member.decode().rsplit(":", 1)[0], int(member.decode().rsplit(":", 1)[1])) for member in due]
+
+    def sent(self, job_id):
+        """``job_id``'s message is on the queue: the sweeper need not send it (see :meth:`create`)."""
+        self.redis.zrem(UNSENT_INDEX, job_id)
+
+    def unsent(self, count=100):
+        """Up to ``count`` ids of jobs, oldest first, not said to be sent and now due to be sent by the sweeper."""
+        due = self.redis.zrangebyscore(UNSENT_INDEX, "-inf", time.time(), start=0, num=count)
+        return [member.decode() for member in due]
 
     def add_worker(self, job_id, worker):
         """Remember that ``worker`` (a Celery hostname) worked on the job."""

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from workers import frames
+from workers import frames, limits
 from workers.errors import InvalidRequest, ParameterError, StepFailed, UnknownOperation
 from workers.operations import REGISTRY, Operation
 
 log = logging.getLogger(__name__)
+
+#: The error type of a job stopped by ``MAX_OUTPUT_ROWS``.
+LIMIT_EXCEEDED = "limit_exceeded"
 
 
 @dataclass(frozen=True)
@@ -188,35 +191,47 @@ def plan(steps, schema):
     return after + [None] * (len(steps) - len(after))
 
 
-def run(df, steps, on_progress=None, interrupts=()):
+def run(df, steps, on_progress=None, interrupts=(), max_rows=None):
     """Apply ``steps`` to ``df`` in order; return ``(frame, stats)``.
 
     ``on_progress(done, current)`` is called before the first step and after
     every step, ``current`` naming the step about to run (None at the end); it
     may raise to stop the pipeline between steps.
     ``stats`` holds ``{"name", "rows_in", "rows_out", "seconds"}`` per step.
-    Raises :class:`StepFailed` (with ``__cause__`` set) when a step raises,
-    except for the exception types in ``interrupts`` (a time limit, say),
-    which pass through unchanged.
+    ``max_rows`` caps the rows any step may make (``MAX_OUTPUT_ROWS``): it is in
+    force while the steps run, so an operation that can multiply rows refuses
+    before it makes them (``limits.check_output_rows``), and every step's output
+    is checked against it after the step.
+    Raises :class:`StepFailed` (with ``__cause__`` set) when a step raises, of
+    type ``limit_exceeded`` when it passes ``max_rows``, except for the
+    exception types in ``interrupts`` (a time limit, say), which pass through
+    unchanged.
     """
     stats = []
-    for step in steps:
-        if on_progress:
-            on_progress(step.index, step.name)
-        rows_in, started = len(df), time.perf_counter()
-        try:
-            df = step.operation(df, **step.params)
-        except ParameterError as exc:
-            placed = exc.at(step.index, step.name)
-            raise StepFailed(step.index, step.name, placed.message, placed.code) from exc
-        except interrupts:
-            raise
-        except Exception as exc:
-            message = f"Step {step.index} ({step.name}) failed with an unexpected {type(exc).__name__}."
-            raise StepFailed(step.index, step.name, message) from exc
-        stats.append(
-            {"name": step.name, "rows_in": rows_in, "rows_out": len(df), "seconds": round(time.perf_counter() - started, 6)}
-        )
+    with limits.output_rows(max_rows):
+        for step in steps:
+            if on_progress:
+                on_progress(step.index, step.name)
+            rows_in, started = len(df), time.perf_counter()
+            try:
+                df = step.operation(df, **step.params)
+            except ParameterError as exc:
+                placed = exc.at(step.index, step.name)
+                raise StepFailed(step.index, step.name, placed.message, placed.code) from exc
+            except interrupts:
+                raise
+            except limits.OutputLimitExceeded as exc:
+                message = limits.message(step.index, step.name, exc.rows, exc.limit)
+                raise StepFailed(step.index, step.name, message, LIMIT_EXCEEDED) from None
+            except Exception as exc:
+                message = f"Step {step.index} ({step.name}) failed with an unexpected {type(exc).__name__}."
+                raise StepFailed(step.index, step.name, message) from exc
+            if max_rows is not None and len(df) > max_rows:
+                # The backstop, for a step that could not tell before (a global step, an extension's).
+                message = limits.message(step.index, step.name, len(df), max_rows, made=True)
+                raise StepFailed(step.index, step.name, message, LIMIT_EXCEEDED)
+            seconds = round(time.perf_counter() - started, 6)
+            stats.append({"name": step.name, "rows_in": rows_in, "rows_out": len(df), "seconds": seconds})
     if on_progress and steps:
         on_progress(steps[-1].index + 1, None)
     return df, stats

@@ -36,6 +36,10 @@ SETTINGS = {
         Setting("MAX_OPERATIONS", 100, "Most operations in one job (400 above it).", int),
         Setting("MAX_STRING_LENGTH", 1024 * 1024, "Longest string, key or value, anywhere in a job, in characters.", int),
         Setting("MAX_JSON_DEPTH", 32, "Deepest nesting of arrays and objects in a request body.", int),
+        # A limit on what a job may make, checked by the workers as it runs.
+        Setting("MAX_OUTPUT_ROWS", None, "Most rows one step of a job may make, summed over its chunks (default "
+                "10 × `MAX_RECORDS`; the job's input rows when it has more): a step that would make more fails the "
+                "job (`limit_exceeded`).", int),
         # Datasets: uploaded files, stored in chunks by reference.
         Setting("MAX_DATASET_BYTES", 8 * 1024**3, "Largest dataset, all its parts' bodies together, in bytes "
                 "(400 above it).", int),
@@ -64,6 +68,9 @@ SETTINGS = {
                 "the soft limit cannot interrupt.", float),
         Setting("BROKER_VISIBILITY_TIMEOUT", 3600, "Seconds before a job whose worker host vanished is handed to "
                 "another worker; must exceed the hard limit.", float),
+        Setting("WORKER_MAX_MEMORY_MB", 0, "Resident memory, in MiB, past which a worker process is replaced once the "
+                "task it runs ends (Celery's `worker_max_memory_per_child`; a task is never stopped half way); 0 for "
+                "no cap.", int),
         Setting("CANCEL_GRACE_SECONDS", 10.0, "Seconds a running step may go on after a cancel before its worker "
                 "process is killed.", float),
         Setting("OPERATION_MODULES", (), "Comma-separated modules whose operations are added to the catalogue "
@@ -74,9 +81,16 @@ SETTINGS = {
         Setting("HEALTH_PING_TIMEOUT", 1.0, "Seconds `GET /health?deep=true` waits for workers to answer a ping.",
                 float),
         Setting("SWEEP_SECONDS", 5.0, "Seconds between two sweeps of the workers' sweeper, which sends again a join "
-                "overdue by twice as long and removes the chunks of expired jobs from a directory store.", float),
+                "overdue by twice as long, sends a job its gateway never sent (`ORPHAN_SECONDS`) and removes the "
+                "chunks of expired jobs from a directory store.", float),
+        Setting("ORPHAN_SECONDS", 60.0, "Seconds after its creation a job whose message its gateway never sent (the "
+                "process died in between) is sent by the workers' sweeper; read by the gateway, which stamps the "
+                "time on each job it records.", float),
         Setting("TEST_LOSE_JOINS", False, "Tests only: a worker does not send the join after a fanned-out segment, "
                 "as if its message were lost, so the sweeper must.", lambda text: text.lower() in ("1", "true", "yes")),
+        Setting("TEST_DIE_BEFORE_SEND", False, "Tests only: a gateway process exits (`os._exit`) after recording a "
+                "job and before sending its message, leaving an orphan for the sweeper.",
+                lambda text: text.lower() in ("1", "true", "yes")),
         # The harvester.
         Setting("GATEWAY_URL", "http://127.0.0.1:5000", "Gateway the harvester talks to (`--gateway` overrides)."),
         Setting("GATEWAY_TOKEN", None, "Bearer token the harvester sends (`--token` overrides)."),
@@ -91,6 +105,11 @@ def get(name, environ=None):
     if raw in (None, ""):
         return setting.default
     return setting.cast(raw)
+
+
+def max_output_rows(environ=None):
+    """``MAX_OUTPUT_ROWS``, or 10 × ``MAX_RECORDS`` when it is not set."""
+    return get("MAX_OUTPUT_ROWS", environ) or 10 * get("MAX_RECORDS", environ)
 
 
 def broker_url(environ=None):

@@ -30,10 +30,14 @@ every Redis key in ``jobstore.py``. What they add is the fault handling:
 - a job (and each chunk) runs in one place at a time: a lease in Redis, renewed
   while it runs, sends a second delivery (kombu gives a message back when a
   broker connection drops, though its task is still running) to wait and retry;
-- a job ends once: whatever ended it first (worker, cancel) is what is kept.
+- a job ends once: whatever ended it first (worker, cancel) is what is kept;
+- a step past ``MAX_OUTPUT_ROWS`` (summed over a fan-out's chunks) ends the job
+  ``failed`` (``limit_exceeded``); a write the store refuses for want of room,
+  wherever it comes, ends it ``failed`` (``storage_full``: :func:`_out_of_room`).
 """
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -43,6 +47,7 @@ import time
 import traceback
 import uuid
 
+import kombu.exceptions
 from celery import group, signals
 from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 
@@ -117,7 +122,10 @@ class JobTask(app.Task):
 def run_job(self, job_id):
     """Run job ``job_id`` from its first segment: its record and dataset are in the job store."""
     store, record = _open(job_id)
-    with _leased(self, store, job_id, "lease") as holder:
+    spare = []  # chunks this task wrote that nothing needs should the job fail (_out_of_room)
+    with _out_of_room(store, job_id, record, spare), _leased(self, store, job_id, "lease") as holder:
+        if record.get("stage"):
+            _resume_fanout(store, job_id, record["stage"])
         max_attempts = settings.get("JOB_MAX_ATTEMPTS")
         if record.get("attempts", 0) >= max_attempts:
             message = (
@@ -127,7 +135,20 @@ def run_job(self, job_id):
             _fail(store, job_id, job_error("worker_lost", message))
         attempt = store.mark_started(job_id, worker=self.request.hostname or "unknown")
         log.info("job %s: attempt %d, %d operations", job_id, attempt, record["operations_total"])
-        return _advance(self, store, job_id, record, holder, 0, record["input"], {})
+        return _advance(self, store, job_id, record, holder, 0, record["input"], {}, spare)
+
+
+def _resume_fanout(store, job_id, stage):
+    """A ``run_job`` delivery for a job that has fanned out already: a second message (the sweeper sent one for
+    a job whose gateway died after sending it), or the same one again (its worker died during the fan-out).
+    Either way the job goes on in its chunks: send those not done yet (a chunk is recorded once, whichever of
+    two runs finishes first), and stop here rather than start the job over."""
+    done = store.chunk_results(job_id, stage["segment"])
+    missing = [i for i in range(len(stage["input"]["chunks"])) if i not in done]
+    log.info("job %s: fanned out already; %d of its chunks sent again", job_id, len(missing))
+    if missing:
+        group(run_chunk.si(job_id, stage["segment"], i) for i in missing).apply_async()
+    raise Ignore()
 
 
 @app.task(bind=True, base=JobTask, name=RUN_CHUNK, throws=(JobFailed,))
@@ -138,7 +159,8 @@ def run_chunk(self, job_id, segment, index):
     if stage.get("segment") != segment:
         log.info("job %s: segment %d is over; chunk %d has nothing to do", job_id, segment, index)
         raise Ignore()
-    with _leased(self, store, job_id, f"lease:{segment}:{index}") as holder:
+    spare = []
+    with _out_of_room(store, job_id, record, spare), _leased(self, store, job_id, f"lease:{segment}:{index}") as holder:
         _check_attempts(store, job_id, store.count_chunk_attempt(job_id, segment, index), f"chunk {index}")
         steps = pipeline.parse_steps(record["operations"])
         plan = pipeline.segments(steps)[segment]
@@ -146,10 +168,13 @@ def run_chunk(self, job_id, segment, index):
         store.add_worker(job_id, self.request.hostname or "unknown")
         with _watch(store, job_id, holder, f"lease:{segment}:{index}") as cancelled, _job_errors(store, job_id):
             progress = Progress(self, job_id, len(steps), cancelled)
+            limit = _output_limit(record)
             result = runner.run_chunk(
                 store.data, job_id, plan, ref, index, settings.get("CHUNK_ROWS"),
-                on_progress=_cancel_check(progress), interrupts=INTERRUPTS,
+                on_progress=_cancel_check(progress), interrupts=INTERRUPTS, max_rows=limit,
+                before_write=_sum_check(store, job_id, segment, index, plan, limit),
             )
+            spare[:] = [chunk["name"] for chunk in result["ref"]["chunks"]]
             recorded, done = store.chunk_done(job_id, segment, index, result)
             if not recorded:  # a rerun of a chunk whose first run was recorded: keep that one
                 store.data.delete(chunk["name"] for chunk in result["ref"]["chunks"])
@@ -167,7 +192,8 @@ def run_chunk(self, job_id, segment, index):
 def continue_job(self, job_id, segment):
     """Join the chunks of a fanned-out ``segment`` and go on with the job from the next segment."""
     store, record = _open(job_id)
-    with _leased(self, store, job_id, "lease") as holder:
+    spare = []
+    with _out_of_room(store, job_id, record, spare), _leased(self, store, job_id, "lease") as holder:
         record = store.get(job_id) or record
         stage = record.get("stage") or {}
         if "finished_at" in record or stage.get("segment") != segment:
@@ -183,13 +209,20 @@ def continue_job(self, job_id, segment):
         stats = {int(k): v for k, v in stage["stats"].items()}
         for result in results.values():
             runner.add_stats(stats, {int(k): v for k, v in result["stats"].items()})
+        spare[:] = [chunk["name"] for chunk in joined["chunks"]]
+        try:  # each chunk kept under MAX_OUTPUT_ROWS alone; the sum is checked here, exactly
+            steps = pipeline.segments(pipeline.parse_steps(record["operations"]))[segment].steps
+            runner.check_totals(stats, steps, _output_limit(record))
+        except StepFailed as exc:
+            store.data.delete([*spare, *([] if ref == record["input"] else (c["name"] for c in ref["chunks"]))])
+            _fail(store, job_id, exc.to_json())
         if ref != record["input"]:  # an earlier segment's output, consumed now
             store.data.delete(chunk["name"] for chunk in ref["chunks"])
         store.add_worker(job_id, self.request.hostname or "unknown")
-        return _advance(self, store, job_id, record, holder, segment + 1, joined, stats)
+        return _advance(self, store, job_id, record, holder, segment + 1, joined, stats, spare)
 
 
-# --- the sweeper: a join whose message was lost is sent again ----------------------------
+# --- the sweeper: a join whose message was lost is sent again, and a job's never sent ------
 
 #: Seconds between two sweeps, and how long a join may be due before the sweeper sends it again.
 SWEEP_SECONDS = settings.get("SWEEP_SECONDS")
@@ -211,6 +244,28 @@ def sweep(store, send):
         log.warning("job %s: the join of segment %d is overdue; sending it again", job_id, segment)
         store.mark_joinable(job_id, segment)  # due again from now, should this one be lost too
         send(job_id, segment)
+        sent += 1
+    return sent
+
+
+def sweep_orphans(store, send):
+    """Send the message of every job whose gateway recorded it and never said it sent it; return how many.
+
+    The gateway lists a job as unsent in the transaction that records it and drops it once
+    ``send_task`` returns, so a job still listed ``ORPHAN_SECONDS`` after its creation lost its
+    gateway process in between (``JobStore.unsent``). A listed job that a worker has started, or that
+    has ended or expired, had its message after all (the gateway died just after sending): dropped,
+    not sent. Should a message be sent twice all the same, the lease and ``_open`` run it once.
+    """
+    sent = 0
+    for job_id in store.unsent():
+        record = store.get(job_id)
+        if record is None or "finished_at" in record or "started_at" in record or record.get("attempts"):
+            store.sent(job_id)  # expired, ended or taken by a worker: its message was sent
+            continue
+        log.warning("job %s: its gateway recorded it and never sent it; sending it now", job_id)
+        send(job_id)
+        store.sent(job_id)  # after the send: should this process die in between, the next sweep sends it
         sent += 1
     return sent
 
@@ -250,6 +305,8 @@ def _start_sweeper(sender=None, **kwargs):
                 if lock.acquire(blocking=False):
                     try:
                         sweep(store, lambda job_id, segment: continue_job.apply_async((job_id, segment)))
+                        # As the gateway sends it: the task id is the job id (its Celery state is the job's).
+                        sweep_orphans(store, lambda job_id: run_job.apply_async((job_id,), task_id=job_id))
                         rounds += 1
                         if rounds % max(1, int(ORPHAN_CHUNK_SECONDS // SWEEP_SECONDS)) == 0:
                             sweep_chunks(store)
@@ -287,8 +344,12 @@ def _stop_heartbeat(sender=None, **kwargs):
 # --- the job, segment by segment ------------------------------------------------------
 
 
-def _advance(task, store, job_id, record, holder, start, ref, stats):
-    """Run the segments of the job from ``start`` over ``ref``; fan out, or complete the job at the end."""
+def _advance(task, store, job_id, record, holder, start, ref, stats, spare):
+    """Run the segments of the job from ``start`` over ``ref``; fan out, or complete the job at the end.
+
+    ``spare`` is kept naming the chunks of ``ref`` unless it is the job's input: what a job failing for
+    want of room frees (:func:`_out_of_room`).
+    """
     steps = pipeline.parse_steps(record["operations"])
     plan = pipeline.segments(steps)
     stats = stats or {}
@@ -302,7 +363,8 @@ def _advance(task, store, job_id, record, holder, start, ref, stats):
             if runner.fans_out(segment, ref):
                 store.begin_fanout(job_id, number, ref, stats)
                 progress.update(
-                    phase=Phase.RUNNING.value, operations_done=segment.first, current_operation=segment.steps[0].name,
+                    phase=Phase.RUNNING.value, operations_done=segment.first,
+                    current_operation=segment.steps[0].name if segment.steps else None,  # no operations: a copy
                     chunks_done=0, chunks_total=len(ref["chunks"]),
                 )
                 group(run_chunk.si(job_id, number, i) for i in range(len(ref["chunks"]))).apply_async()
@@ -312,6 +374,7 @@ def _advance(task, store, job_id, record, holder, start, ref, stats):
             if ref != record["input"]:  # an earlier segment's output, consumed now
                 store.data.delete(chunk["name"] for chunk in ref["chunks"])
             ref = result
+            spare[:] = [chunk["name"] for chunk in ref["chunks"]]
         progress.update(phase=Phase.SAVING.value, operations_done=len(steps), current_operation=None)
     return _complete(task, store, job_id, record, steps, ref, stats, table)
 
@@ -324,7 +387,7 @@ def _run_segment(store, job_id, record, number, segment, ref, stats, progress):
                     chunks_done=0, chunks_total=total)
     result, table = runner.run_whole(
         store.data, job_id, segment, ref, settings.get("CHUNK_ROWS"), stats,
-        on_progress=_step_reporter(progress), interrupts=INTERRUPTS,
+        on_progress=_step_reporter(progress), interrupts=INTERRUPTS, max_rows=_output_limit(record),
     )
     progress.note(chunks_done=total)  # told with the next report, which follows at once
     return result, table
@@ -414,9 +477,105 @@ def _job_errors(store, job_id):
         # which can quote the cell values that made it fail.
         log.warning("job %s: %s (%s)", job_id, exc.message, _where(exc.__cause__))
         _fail(store, job_id, exc.to_json())
-    except (datastore.StorageFull, *datastore.FULL_ERRORS):
-        _fail(store, job_id, job_error("storage_full", "The data store had no room for the job's output; "
-                                                       "nothing of it was kept."))
+
+
+#: Seconds a worker keeps asking a full store to take the write that ends a job ``storage_full``: keys
+#: expiring, a result or dataset deleted, or ``maxmemory`` raised makes room. Past them the job's end is
+#: not recorded (nothing can be), and the error is left to Celery.
+ROOM_WAIT_SECONDS = 30.0
+#: Seconds between two of those tries.
+ROOM_RETRY_SECONDS = 0.25
+#: Room, in bytes, a worker waits for (as long) once it has recorded such an end, for Celery's own writes.
+ROOM_MARGIN_BYTES = 64 * 1024
+
+
+def _store_full(exc):
+    """True when ``exc`` is the store refusing a write for want of room: Redis at ``maxmemory``, a full disk;
+    also as the cause of kombu's ``OperationalError`` (a message the broker would not take)."""
+    if isinstance(exc, (datastore.StorageFull, *datastore.FULL_ERRORS)):
+        return True
+    if isinstance(exc, kombu.exceptions.OperationalError):
+        return exc.__cause__ is not None and _store_full(exc.__cause__)
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+
+
+@contextlib.contextmanager
+def _out_of_room(store, job_id, record, spare=()):
+    """End the job ``failed`` (``storage_full``) when the store refuses a write anywhere in the task body.
+
+    Any write can be the one refused: a chunk of the output, a progress report, the lease, the count of
+    an attempt, the job's end itself. Redis past ``maxmemory`` still takes deletes, so what the job holds
+    that nothing needs once it has failed goes first, making room: ``spare`` (chunks this task wrote, named
+    nowhere else yet; a chunk being written is deleted by its ``ChunkWriter``) and the job's inline input.
+    The end is then written, tried again for up to :data:`ROOM_WAIT_SECONDS` while the store stays full, so
+    the job is not left looking queued or running for want of one small write.
+    """
+    try:
+        yield
+    except (datastore.StorageFull, *datastore.FULL_ERRORS, kombu.exceptions.OperationalError, OSError) as exc:
+        if not _store_full(exc):
+            raise
+        _end_for_room(store, job_id, record, spare, exc)
+
+
+def _end_for_room(store, job_id, record, spare, full):
+    """What :func:`_out_of_room` does once the store has refused a write (``full``): raises JobFailed, or Ignore."""
+    deadline = time.monotonic() + ROOM_WAIT_SECONDS
+    if store.is_finished(job_id):  # ended already (completed: only Celery's own note was refused)
+        log.warning("job %s: the store is full (%s); the job had ended, nothing else to write", job_id,
+                    type(full).__name__)
+        _wait_for_room(store, deadline)
+        raise Ignore() from None
+    with contextlib.suppress(Exception):  # best effort: deletes are what a full store still takes
+        store.data.delete([*spare, *store.owned_chunks(record, ("input",))])
+    error = job_error("storage_full", "The data store had no room for the job's data; nothing of its output "
+                                      "was kept.")
+    log.warning("job %s: failed (storage_full): the store refused a write (%s)", job_id, type(full).__name__)
+    while True:
+        try:
+            store.fail(job_id, error)  # False when it ended meanwhile (a cancel): ended all the same
+            break
+        except datastore.FULL_ERRORS:
+            if time.monotonic() >= deadline:
+                log.error("job %s: the store stayed full for %g s; the job's end could not be recorded", job_id,
+                          ROOM_WAIT_SECONDS)
+                raise full from None
+            time.sleep(ROOM_RETRY_SECONDS)
+    _wait_for_room(store, deadline)
+    raise JobFailed(error["message"]) from None
+
+
+def _wait_for_room(store, deadline):
+    """Wait, until ``deadline`` at most, for room in Redis for Celery's own writes after the task (its state,
+    the message's acknowledgement): refused, an acknowledgement stops the whole worker ("Unrecoverable error")."""
+    room = datastore.RedisDataStore(store.redis, store.ttl)
+    while time.monotonic() < deadline:
+        with contextlib.suppress(datastore.FULL_ERRORS):
+            if room.has_room(ROOM_MARGIN_BYTES):
+                return
+        time.sleep(ROOM_RETRY_SECONDS)
+
+
+def _output_limit(record):
+    """Most rows a step of this job may make: ``MAX_OUTPUT_ROWS``, or the job's input rows if more (an uploaded
+    dataset may be larger than the cap: steps that keep or drop its rows still run over it)."""
+    return max(settings.max_output_rows(), record.get("rows_in", 0))
+
+
+def _sum_check(store, job_id, segment, index, plan, limit):
+    """``before_write`` of chunk ``index``: a chunk that made more rows than it was given refuses to store them
+    if, with the chunks of ``segment`` recorded so far, a step passes ``limit`` (the join checks the exact sum)."""
+
+    def check(stats):
+        if not runner.grew(stats):  # the sum of a step that grew nowhere stays under the segment's input
+            return
+        total = {step: dict(entry) for step, entry in stats.items()}
+        for other, result in store.chunk_results(job_id, segment).items():
+            if other != index:
+                runner.add_stats(total, {int(k): v for k, v in result["stats"].items()})
+        runner.check_totals(total, plan.steps, limit, where=" over the job's chunks so far")
+
+    return check
 
 
 def _where(exc):

@@ -4,6 +4,8 @@ They are registered exactly as the built-in ones are, and never ship in the
 default catalogue: only a process started with
 ``OPERATION_MODULES=tests.faults.ops`` knows them.
 
+A hook on the runner's loading (:func:`_poison`) makes a poison input kill its worker while loading.
+
 The gateway dry-runs every pipeline on a zero-row frame to check column names
 (``pipeline.check_columns``), so these do nothing on an empty frame: an
 operation must be a pure function of its frame, and these only pretend not to be.
@@ -14,7 +16,27 @@ import signal
 import time
 from pathlib import Path
 
+from workers import runner
 from workers.operations import operation
+
+#: A dataset whose first column has this name kills the worker process that loads it (:func:`_poison`).
+POISON = "__poison__"
+
+
+def _poison(table):
+    """Kill this worker process with SIGKILL when it loads a table whose first column is :data:`POISON`, as the
+    OOM killer would while a process loads an input too large for it: before any step runs. The column's
+    first value, if not null, names a file this process's pid is appended to first."""
+    if table.num_columns and table.column_names[0] == POISON:
+        pid_file = table.column(0)[0].as_py() if table.num_rows else None
+        if pid_file:
+            with Path(pid_file).open("a") as out:
+                out.write(f"{os.getpid()}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Only worker processes load inputs through the runner (the gateway imports it, never runs it).
+runner.LOAD_HOOKS.append(_poison)
 
 
 @operation(

@@ -108,3 +108,21 @@ def test_a_cancel_stops_every_chunk_of_the_job(stack, dataset_id, tmp_path):
     assert wait_for(stack.url, job_id)["status"] == "cancelled"
     after = submit(stack, dataset_id, ["drop_nulls"])
     assert wait_for(stack.url, after, timeout=30)["status"] == "completed"
+
+
+def test_a_second_message_for_a_job_that_has_fanned_out_does_not_start_it_over(stack, dataset_id, tmp_path):
+    # As when the sweeper sends a job whose gateway died after sending it (tests/faults/test_orphans.py).
+    from workers.celery import RUN_JOB
+    from workers.celery import make_app
+
+    pid_file = tmp_path / "pids"
+    job_id = submit(stack, dataset_id, [chunk_step(1.0, pid_file), *PIPELINE_TAIL])
+    localstack.wait_until(lambda: runs(pid_file), 20, "the job's chunks running")
+    client = make_app(broker_url=stack.redis_url, result_backend=stack.redis_url)
+    client.send_task(RUN_JOB, args=[job_id], task_id=job_id)
+    body = wait_for(stack.url, job_id)
+    assert body["status"] == "completed" and body["attempts"] == 1, body
+    assert result_ids(stack, job_id) == EXPECTED_IDS
+    assert sorted({first for _, first in runs(pid_file)}) == [0, 1000, 2000, 3000]
+    logs = "".join(path.read_text() for path in stack.log_dir.glob("worker*.log"))
+    assert f"job {job_id}: fanned out already" in logs

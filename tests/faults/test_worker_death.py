@@ -13,6 +13,10 @@ import localstack
 from tests.faults.conftest import pids, sleep_step, submit, submit_started, wait_for
 from workers.jobstore import key_for
 
+#: The first column that makes tests/faults/ops.py's load hook kill the worker process loading it. Not imported
+#: from there: importing that module here would add its test-only operations to this process's catalogue.
+POISON = "__poison__"
+
 
 @pytest.fixture(scope="module")
 def stack(shared_stack):
@@ -46,14 +50,22 @@ def test_a_job_whose_worker_process_is_killed_runs_again_and_completes_once(stac
     assert wait_for(stack.url, job_id) == body  # nothing overwrote the result
 
 
-def test_a_job_that_kills_its_worker_every_time_fails_worker_lost_while_others_flow(stack):
+def test_a_job_that_kills_its_worker_every_time_fails_worker_lost_while_others_flow(stack, tmp_path):
+    # One kills its process in a step; the other while loading its input, before any step runs (a poison
+    # input: one too large for the process, say). Both at once: their deaths interleave, in half the time.
+    pid_file = tmp_path / "poisoned"
     crasher = submit(stack.url, ["crash"]).json()["job_id"]
+    poisoned = submit(stack.url, ["drop_nulls"], [{POISON: str(pid_file), "id": 1}]).json()["job_id"]
     others = [submit(stack.url, [{"name": "add_column", "params": {"name": "n", "value": i}}]) for i in range(5)]
 
-    body = wait_for(stack.url, crasher, timeout=90)
-    assert body["status"] == "failed"
-    assert body["error"]["type"] == "worker_lost"
-    assert body["attempts"] == 3  # JOB_MAX_ATTEMPTS' default
+    for job_id in (crasher, poisoned):
+        body = wait_for(stack.url, job_id, timeout=90)
+        assert body["status"] == "failed", body
+        assert body["error"]["type"] == "worker_lost"
+        assert body["attempts"] == 3  # JOB_MAX_ATTEMPTS' default
+    # Every death while loading was counted: three processes died, each in its first load, no fourth.
+    assert len(set(pids(pid_file))) == len(pids(pid_file)) == 3
+    assert body["progress"]["operations_done"] == 0
     for i, response in enumerate(others):
         other = wait_for(stack.url, response.json()["job_id"])
         assert other["status"] == "completed"

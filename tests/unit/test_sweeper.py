@@ -1,12 +1,15 @@
-"""The sweeper in the workers: overdue joins sent again, chunks of expired owners removed from a directory."""
+"""The sweeper in the workers: overdue joins sent again, jobs never sent sent, chunks of expired owners removed."""
 
 import fakeredis
+import kombu.exceptions
 import pytest
 
+from app import jobs
 from workers import frames, tasks
+from workers.celery import RUN_JOB
 from workers.chunks import ChunkWriter
 from workers.datastore import FileSystemDataStore
-from workers.jobstore import JobStore, new_job_id
+from workers.jobstore import UNSENT_INDEX, JobStore, key_for, new_job_id
 
 
 @pytest.fixture
@@ -66,3 +69,74 @@ def test_chunks_outliving_their_record_are_removed_from_a_directory(store, tmp_p
     assert tasks.sweep_chunks(store) == 2
     assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == [live]
     assert not list((tmp_path / "datasets").iterdir())
+
+
+# --- orphans: jobs recorded whose gateway died before sending their message -----------------
+
+JOB = {"dataset": [{"id": 2}, {"id": 1}], "operations": ["drop_nulls"]}
+
+
+def recorded_job(store, orphan_seconds=0):
+    """A job recorded as a gateway records it, with no message sent: what a gateway that died leaves."""
+    job_id = new_job_id()
+    store.create(job_id, ["drop_nulls"], write_chunks(store, "job", job_id), orphan_seconds=orphan_seconds)
+    return job_id
+
+
+def test_a_job_never_sent_is_sent_once_it_is_due_and_only_once(store):
+    job_id = recorded_job(store)
+    sent = []
+    assert tasks.sweep_orphans(store, sent.append) == 1
+    assert sent == [job_id]
+    assert tasks.sweep_orphans(store, pytest.fail) == 0  # its message is on the queue now
+
+
+def test_a_job_recorded_within_orphan_seconds_is_left_to_its_gateway(store):
+    recorded_job(store, orphan_seconds=60)
+    recorded_job(store, orphan_seconds=None)  # ORPHAN_SECONDS, 60 by default
+    assert tasks.sweep_orphans(store, pytest.fail) == 0
+
+
+def test_listed_jobs_that_a_worker_started_or_that_ended_or_expired_are_dropped_not_sent(store):
+    started, ended, expired = recorded_job(store), recorded_job(store), recorded_job(store)
+    store.mark_started(started)  # the gateway sent it, then died before saying so
+    store.cancel(ended)
+    store.redis.delete(key_for(expired))
+    assert tasks.sweep_orphans(store, pytest.fail) == 0
+    assert store.unsent() == []
+
+
+def test_a_gateway_lists_a_job_until_its_message_is_sent(client, redis, queued):
+    response = client.post("/jobs", json=JOB)
+    assert response.status_code == 202 and queued() == 1
+    assert not redis.exists(UNSENT_INDEX)  # sent, so nothing for the sweeper
+
+
+def test_a_job_the_broker_refused_is_not_left_for_the_sweeper(client, redis, celery, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise kombu.exceptions.OperationalError("broker down")
+
+    monkeypatch.setattr(celery, "send_task", refuse)
+    assert client.post("/jobs", json=JOB).status_code == 503
+    # No record, and nothing listed: the client was told it failed.
+    assert redis.keys("datajobs:job:*") == [] and not redis.exists(UNSENT_INDEX)
+
+
+class GatewayDied(BaseException):
+    """What ``os._exit`` does to the request, without ending the test run."""
+
+
+def test_a_gateway_dying_before_the_send_leaves_a_job_the_sweeper_sends(app, client, redis, celery, queued,
+                                                                          monkeypatch):
+    monkeypatch.setitem(app.config, "TEST_DIE_BEFORE_SEND", True)
+    monkeypatch.setitem(app.config, "ORPHAN_SECONDS", 0.0)
+    monkeypatch.setattr(jobs.os, "_exit", lambda code: (_ for _ in ()).throw(GatewayDied(code)))
+    with pytest.raises(GatewayDied):
+        client.post("/jobs", json=JOB)
+    assert queued() == 0
+    store = app.extensions["jobstore"]
+    [job_id] = store.unsent()
+    assert store.get(job_id)["rows_in"] == 2
+    sent = tasks.sweep_orphans(store, lambda job: celery.send_task(RUN_JOB, args=[job], task_id=job))
+    assert sent == 1 and queued() == 1
+    assert client.get(f"/jobs/{job_id}").get_json()["status"] == "started"  # queued, as if sent at first

@@ -11,7 +11,9 @@ Error messages name parameters and columns but never echo cell values: a
 failed job's error is shown to people who may not be allowed to see the data.
 """
 
+import bisect
 import datetime
+import functools
 import html
 import math
 import operator as op
@@ -25,6 +27,7 @@ import pyarrow.compute as pc
 from pandas.api import types as pdt
 
 from workers.errors import ParameterError
+from workers.limits import check_output_rows
 from workers.operations.registry import operation, require_columns
 
 COLUMN_LIST = {"type": "array", "items": {"type": "string"}, "minItems": 1, "uniqueItems": True}
@@ -216,6 +219,18 @@ _TEXT_MATCHES = ("contains", "startswith", "endswith", "regex")
 _NULL_CHECKS = ("is_null", "not_null")
 FILTER_OPERATORS = [*_COMPARISONS, "in", "not_in", *_TEXT_MATCHES, *_NULL_CHECKS]
 
+#: The regex operator's syntax, for the catalogue (GET /operations) and the README. Patterns run on RE2
+#: (pyarrow.compute's regex kernels), which never backtracks: time linear in the text, whatever the pattern.
+REGEX_SYNTAX = (
+    "A regex is RE2's syntax, searched anywhere in the text, in time linear in its length. RE2 has no "
+    "backreferences (\\1), lookahead or lookbehind ((?=, (?!, (?<=, (?<!), possessive quantifiers (a++) or "
+    "atomic groups ((?>): a pattern using them is refused at submission (400 invalid_parameter). \\d, \\w, \\s "
+    "and \\b are ASCII only (\\pL is any letter, \\p{Nd} any digit); $ matches only at the very end of the text "
+    "(\\z; \\Z is refused); {,n} is literal text (write {0,n}); counts go up to 1000, nested ones multiplied. "
+    "With case_sensitive false, case is folded as Unicode's simple case folding does (İ and ı are not i)."
+)
+_REGEX_REASON_CHARS = 120  # RE2 quotes the rest of the pattern after some errors ("missing ]: [a-z..."): cut it
+
 _COLUMN_KINDS = {"number": "numbers", "boolean": "booleans", "text": "text", "datetime": "dates"}
 _VALUE_KINDS = {"number": "a number", "boolean": "a boolean", "text": "a string"}
 
@@ -233,8 +248,7 @@ _VALUE_KINDS = {"number": "a number", "boolean": "a boolean", "text": "a string"
             "type": ["string", "number", "boolean", "array", "null"],
             "items": SCALAR,
             "description": "What to compare with: a list for in/not_in, a string for contains/startswith/"
-            "endswith/regex (a Python regular expression, searched anywhere in the text), a single value "
-            "otherwise. Leave it out for is_null/not_null.",
+            "endswith/regex, a single value otherwise. Leave it out for is_null/not_null. " + REGEX_SYNTAX,
         },
         "case_sensitive": {
             "type": "boolean",
@@ -246,7 +260,7 @@ _VALUE_KINDS = {"number": "a number", "boolean": "a boolean", "text": "a string"
 def filter_rows(df, column, operator, value=None, case_sensitive=True):
     """Keep the rows whose value in a column passes a test."""
     require_columns(df, column, "column")
-    _check_filter_value(operator, value)
+    _check_filter_value(operator, value, case_sensitive)
     series = df[column]
     if operator in _NULL_CHECKS:
         mask = series.isna().to_numpy(dtype=bool)
@@ -273,7 +287,7 @@ def filter_rows(df, column, operator, value=None, case_sensitive=True):
     return df[mask].reset_index(drop=True)
 
 
-def _check_filter_value(operator, value):
+def _check_filter_value(operator, value, case_sensitive):
     if operator in _NULL_CHECKS:
         if value is not None:
             raise ParameterError("value", f"is not used by operator {operator!r}; leave it out.")
@@ -288,10 +302,7 @@ def _check_filter_value(operator, value):
         if not isinstance(value, str):
             raise ParameterError("value", f"must be a string for operator {operator!r}.")
         if operator == "regex":
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ParameterError("value", f"is not a valid regular expression: {exc}.") from None
+            _check_regex(value, case_sensitive)
     elif isinstance(value, list):
         raise ParameterError("value", f"must be a single value, not a list, for operator {operator!r}.")
 
@@ -363,17 +374,46 @@ def _text_mask(series, column, operator, value, case_sensitive):
         raise ParameterError(
             "column", f"names column {column!r}, which holds {_COLUMN_KINDS[kind]}; {operator} needs text."
         )
-    pattern = re.compile(value, 0 if case_sensitive else re.IGNORECASE) if operator == "regex" else None
+    if operator == "regex":
+        return _regex_mask(series, kind, value, case_sensitive)
     needle = value if case_sensitive else value.casefold()
-    method = {"contains": str.__contains__, "startswith": str.startswith, "endswith": str.endswith}.get(operator)
+    method = {"contains": str.__contains__, "startswith": str.startswith, "endswith": str.endswith}[operator]
 
     def matches(text):
-        if operator == "regex":
-            return pattern.search(text) is not None
         return method(text if case_sensitive else text.casefold(), needle)
 
     # Non-text cells (nulls, numbers in a mixed column) never match.
     return np.array([isinstance(v, str) and matches(v) for v in series.tolist()], dtype=bool)
+
+
+def _check_regex(pattern, case_sensitive):
+    """ParameterError unless RE2 compiles ``pattern``, with RE2's reason: the gateway's check and the worker's."""
+    try:
+        # One cell, as pyarrow compiles the pattern only when there is text to match.
+        pc.match_substring_regex(pa.array([""], pa.string()), pattern, ignore_case=not case_sensitive)
+    except pa.ArrowInvalid as exc:
+        reason = str(exc).removeprefix("Invalid regular expression: ")
+        if len(reason) > _REGEX_REASON_CHARS:
+            reason = reason[:_REGEX_REASON_CHARS] + "…"
+        raise ParameterError(
+            "value",
+            f"is not a valid regular expression in RE2's syntax ({reason}). RE2 has no backreferences, "
+            "lookahead, lookbehind, possessive quantifiers or atomic groups (GET /operations describes the syntax).",
+        ) from None
+
+
+def _regex_mask(series, kind, pattern, case_sensitive):
+    """Boolean array: whether RE2 finds ``pattern`` in each text cell; null and non-text cells never match.
+
+    The whole column goes through one C++ call (``pyarrow.compute``'s RE2), not a
+    Python loop, and RE2 runs in time linear in each text whatever the pattern.
+    """
+    if kind == "text":
+        text = pa.array(series.array)  # no copy: pandas keeps text columns as Arrow arrays
+    else:
+        text = pa.array([v if isinstance(v, str) else None for v in series.tolist()], pa.large_string())
+    found = pc.match_substring_regex(text, pattern, ignore_case=not case_sensitive).fill_null(False)
+    return np.asarray(found.to_numpy(zero_copy_only=False), dtype=bool)
 
 
 @operation(
@@ -444,9 +484,8 @@ def sample(df, n=None, frac=None, seed=None):
 
 # --- text ------------------------------------------------------------------------
 
+# One character class, repeated: each character is read once (a run is never given back: nothing follows it).
 _WHITESPACE = re.compile(r"\s+")
-_HTML_HIDDEN = re.compile(r"<!--.*?-->|<(script|style)\b[^>]*>.*?</\1\s*>", re.DOTALL | re.IGNORECASE)
-_HTML_TAG = re.compile(r"""</?([A-Za-z][A-Za-z0-9]*)(?:"[^"]*"|'[^']*'|[^'">])*>|<![^>]*>|<\?[^>]*>""")
 # Tags that separate words: "a<br>b" is two words, "Caf<b>é</b>" is one.
 _HTML_BLOCKS = {
     "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "figcaption", "figure",
@@ -454,12 +493,171 @@ _HTML_BLOCKS = {
     "section", "table", "td", "th", "tr", "ul",
 }  # fmt: skip
 
+# strip_html gives exactly what these two substitutions, one after the other, gave:
+#
+#   re.sub(r"<!--.*?-->|<(script|style)\b[^>]*>.*?</\1\s*>", " ", text, flags=re.DOTALL | re.IGNORECASE)
+#   re.sub(r"""</?([A-Za-z][A-Za-z0-9]*)(?:"[^"]*"|'[^']*'|[^'">])*>|<![^>]*>|<\?[^>]*>""", block_or_not, text)
+#
+# but in time linear in the text. Python's re tries a pattern again at every "<", and where the end it looks
+# for (a "-->", a closing tag, a ">" outside quotes) never comes, each try reads to the end of the text;
+# the tag pattern also tries every way to split "<aaaa" into a name and attributes. "<!--" * k, "<style" * k
+# or "<a" * k took hours at a million characters. Here each "<" is looked at once and each end is looked up
+# (str.find, a list of closing tags, a memo of where a tag that reaches a quote or ">" ends); re still reads
+# names and whole tags, with quantifiers that never give back (*+, ++), so case, "\b" and "\s" keep the
+# meaning Python's re gives them (RE2's \b and \s are ASCII, and it has no backreference for </\1>).
+_HIDDEN_START = re.compile(r"<(?:!--|(?i:s))")  # where a comment, <script or <style may begin
+_HIDDEN_NAME = re.compile(r"(script|style)\b", re.IGNORECASE)
+_HIDDEN_CLOSE = re.compile(r"</(script|style)\s*+>", re.IGNORECASE)
+_TAG_START = re.compile(r"<[/!?A-Za-z]")
+_TAG_NAME = re.compile(r"/?+([A-Za-z][A-Za-z0-9]*+)")  # the name is the whole run of letters and digits
+_WHOLE_TAG = re.compile(r"""</?+([A-Za-z][A-Za-z0-9]*+)(?:"[^"]*+"|'[^']*+'|[^'">]++)*+>""")  # never gives back
+_TAG_EVENT = re.compile(r"['\">]")  # what changes the course of a tag after its name
+# A decimal character reference: html.unescape reads it with int(), which refuses more than 4,300 digits.
+_LONG_DECIMAL_REF = re.compile(r"&#([0-9]{8,}+)")
+_BEYOND_UNICODE = "1114112"  # 0x110000: html.unescape turns a reference past U+10FFFF into U+FFFD
+
 
 def _strip_html(text):
-    text = _HTML_HIDDEN.sub(" ", text)
-    text = _HTML_TAG.sub(lambda m: " " if (m.group(1) or "").lower() in _HTML_BLOCKS else "", text)
+    if "<" in text:
+        text = _drop_tags(_drop_hidden(text))
+    if "&#" in text:
+        text = _LONG_DECIMAL_REF.sub(_shorten_reference, text)
     # Unescape last, so "&lt;b&gt;" in the source stays visible as "<b>".
     return html.unescape(text)
+
+
+def _shorten_reference(match):
+    """``&#<8 digits or more>`` as a number html.unescape reads to the same character, in at most 7 digits."""
+    digits = match.group(1).lstrip("0") or "0"
+    return "&#" + (digits if len(digits) < 8 else _BEYOND_UNICODE)
+
+
+def _drop_hidden(text):
+    """``text`` with each comment, ``<script>`` and ``<style>`` element (their content too) replaced by a space."""
+    pieces, kept, at = [], 0, 0
+    comment_end, tag_end, closes = _Finder(text, "-->"), _Finder(text, ">"), None
+    while (found := _HIDDEN_START.search(text, at)) is not None:
+        start, end = found.start(), -1
+        if text.startswith("!--", start + 1):
+            close = comment_end.find(start + 4)
+            end = -1 if close < 0 else close + 3
+        elif (name := _HIDDEN_NAME.match(text, start + 1)) is not None:
+            opened = tag_end.find(name.end())
+            if opened >= 0:
+                closes = closes or _ClosingTags(text)
+                end = closes.first(name.group(1), opened + 1)
+        if end < 0:
+            at = start + 1
+        else:
+            pieces += (text[kept:start], " ")
+            kept = at = end
+    return "".join(pieces) + text[kept:] if pieces else text
+
+
+def _drop_tags(text):
+    """``text`` without its tags: a space for a tag that separates words (``<br>``, ``</p>``...), else nothing."""
+    pieces, kept, at = [], 0, 0
+    declaration_end, tag_ends = _Finder(text, ">"), None
+    while (found := _TAG_START.search(text, at)) is not None:
+        start, name = found.start(), ""
+        if text[start + 1] in "!?":  # <!DOCTYPE ...>, <?xml ...?>: to the next ">", quotes or not
+            end = declaration_end.find(start + 2)
+        elif tag_ends is None and (match := _WHOLE_TAG.match(text, start)) is not None:
+            end, name = match.end() - 1, match.group(1)  # tags read so far all ended: each is read once
+        elif (match := _TAG_NAME.match(text, start + 1)) is not None:
+            # A tag that does not end (a quote left open, no ">"): its reading ran to the end of the text, and
+            # so would the next one's. From here on the ends are looked up.
+            tag_ends = tag_ends or _TagEnds(text)
+            end, name = tag_ends.after(match.end()), match.group(1)
+        else:
+            end = -1  # "</" with no name
+        if end < 0:
+            at = start + 1
+        else:
+            pieces += (text[kept:start], " " if name.lower() in _HTML_BLOCKS else "")
+            kept = at = end + 1
+    return "".join(pieces) + text[kept:] if pieces else text
+
+
+class _Finder:
+    """``text.find(needle, start)`` for starts that grow: the text is read once, not once per start."""
+
+    def __init__(self, text, needle):
+        self.text, self.needle = text, needle
+        self.since, self.found = None, -1
+
+    def find(self, start):
+        # The last search, from ``since``, found the first needle at ``found`` (or none): it is the first from
+        # any start in between too.
+        if self.since is None or start < self.since or start > self.found >= 0:
+            self.since, self.found = start, self.text.find(self.needle, start)
+        return self.found
+
+
+class _ClosingTags:
+    """Every ``</script>`` and ``</style>`` of a text, by the name they close, in order (their ends)."""
+
+    def __init__(self, text):
+        self.starts, self.ends = {}, {}
+        for match in _HIDDEN_CLOSE.finditer(text):  # closing tags cannot overlap: finditer finds them all
+            key = _lowered(match.group(1))
+            self.starts.setdefault(key, []).append(match.start())
+            self.ends.setdefault(key, []).append(match.end())
+
+    def first(self, name, start):
+        """The end of the first closing tag from ``start`` on that closes ``name``, or -1."""
+        key = _lowered(name)
+        starts = self.starts.get(key, ())
+        i = bisect.bisect_left(starts, start)
+        return self.ends[key][i] if i < len(starts) else -1
+
+
+@functools.lru_cache(maxsize=512)  # a few hundred spellings at most: S or s or ſ, and so on
+def _lowered(name):
+    r"""The key under which re's case-blind backreference (``</\1`` above) takes two names as equal.
+
+    re compares each character's lowercase, Unicode's one-character mapping; ``str.lower`` gives
+    the same but for "İ", whose lowercase is "i" and a combining dot: the first is re's.
+    """
+    return "".join(c.lower()[0] for c in name)
+
+
+class _TagEnds:
+    """Where a tag whose name ends at a given position ends: its first ``>`` outside quotes, or -1.
+
+    After its name a tag reads one way only: a quote skips to the next of the same quote,
+    ``>`` ends it, and a quote never closed or no ``>`` at all fails it. What follows a
+    quote or ``>`` read outside quotes does not depend on where the tag began, so each is
+    read once for every tag that reaches it (``ends``).
+    """
+
+    def __init__(self, text):
+        self.text = text
+        self.events = [m.start() for m in _TAG_EVENT.finditer(text)]
+        self.ends = [None] * len(self.events)  # by event: where a tag reaching it outside quotes ends
+
+    def after(self, position):
+        text, events, ends = self.text, self.events, self.ends
+        path, end, count = [], -1, len(events)
+        i = bisect.bisect_left(events, position)
+        while i < count:
+            if ends[i] is not None:
+                end = ends[i]
+                break
+            path.append(i)
+            char = text[events[i]]
+            if char == ">":
+                end = events[i]
+                break
+            # On past the closing quote (none: the tag fails). A quote is read outside quotes once,
+            # so each stretch between two of the same quotes is walked once.
+            i += 1
+            while i < count and text[events[i]] != char:
+                i += 1
+            i += 1
+        for i in path:
+            ends[i] = end
+        return end
 
 
 def _remove_accents(text):
@@ -612,14 +810,32 @@ def chunk_text(df, column, size, overlap=0, into=None):
         _require_new_column(df, target, "into")
 
     source = df[column]
-    # A null or empty text stays one row (piece null or ""), so no source row disappears.
-    pieces = [[v] if _is_null(v) else _split(str(v), size, size - overlap) for v in source.tolist()]
-    counts = np.array([len(p) for p in pieces], dtype=np.int64)
+    step = size - overlap
+    # How many rows this makes, counted from the texts' lengths alone, before any piece exists: a job over
+    # MAX_OUTPUT_ROWS is refused here, not once the pieces have filled the memory. A null or empty text stays
+    # one row (piece null or ""), so no source row disappears.
+    lengths = _text_lengths(source)
+    counts = np.where(lengths > size, -((size - lengths) // step) + 1, 1).astype(np.int64)
+    check_output_rows(int(counts.sum()))
+    pieces = [[v] if _is_null(v) else _split(str(v), size, step) for v in source.tolist()]
     out = df.iloc[np.repeat(np.arange(len(df)), counts)].reset_index(drop=True)
     flat = [piece for row in pieces for piece in row]
     dtype = object if source.dtype == object else "str"
-    numbers = np.array([i for count in counts for i in range(count)], dtype=np.int64)
+    # Each piece's number within its row: its position, less the position of its row's first piece.
+    numbers = np.arange(len(out), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
     return _with_columns(out, {target: pd.Series(flat, index=out.index, dtype=dtype), CHUNK_INDEX: numbers})
+
+
+def _text_lengths(series):
+    """Characters in each value's text (0 for a null), as int64: vectorised for a text column."""
+    if isinstance(series.dtype, pd.StringDtype):
+        return series.str.len().fillna(0).to_numpy(dtype=np.int64)
+    # Any other column (mixed, numbers): non-text values are split as their text form.
+    return np.fromiter(
+        (0 if _is_null(v) else len(v if isinstance(v, str) else str(v)) for v in series.tolist()),
+        dtype=np.int64,
+        count=len(series),
+    )
 
 
 def _split(text, size, step):
@@ -655,11 +871,33 @@ def text_length(df, column, into):
 
 # --- types -----------------------------------------------------------------------
 
-_INT_TEXT = re.compile(r"[+-]?[0-9]+")
-_FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _TRUE_TEXT = {"true", "yes", "1"}
 _FALSE_TEXT = {"false", "no", "0"}
 _INT64_RANGE = range(-(2**63), 2**63)
+
+
+# What int and float read from text, checked with str methods, no regex (a pattern for it,
+# [+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?, tries every split of a run of digits: hours at a
+# million "1"s and an "x"). ASCII digits only: int() and float() would also read "١٢" and "1_000".
+
+
+def _is_integer_text(text):
+    """Whether ``text`` is ``[+-]?[0-9]+``."""
+    digits = text[1:] if text[:1] in ("+", "-") else text
+    return digits.isascii() and digits.isdigit()
+
+
+def _is_decimal_text(text):
+    r"""Whether ``text`` is ``[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?``: 12, -1.5, .5, 5., 1e-3."""
+    if not text.isascii():
+        return False
+    mantissa, exponent_mark, exponent = text.lower().partition("e")
+    if exponent_mark and not _is_integer_text(exponent):
+        return False
+    if mantissa[:1] in ("+", "-"):
+        mantissa = mantissa[1:]
+    whole, _, fraction = mantissa.partition(".")
+    return bool(whole or fraction) and (not whole or whole.isdigit()) and (not fraction or fraction.isdigit())
 
 
 def _as_float(value):
@@ -667,7 +905,7 @@ def _as_float(value):
         return float(value)
     if isinstance(value, (int, float, np.integer, np.floating)):
         number = float(value)
-    elif isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+    elif isinstance(value, str) and _is_decimal_text(value.strip()):
         number = float(value.strip())
     else:
         raise ValueError
@@ -679,7 +917,7 @@ def _as_float(value):
 def _as_int(value):
     if isinstance(value, (bool, np.bool_, int, np.integer)):
         number = int(value)
-    elif isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+    elif isinstance(value, str) and _is_integer_text(value.strip()):
         number = int(value.strip())  # exact, even past float precision
     else:
         number = _as_float(value)
