@@ -51,7 +51,7 @@ CONFORMANCE = [
 CHECKS = [not_a_server_error, *CONFORMANCE]
 #: Examples per operation and phase; raise it for a deeper local run (``DATAJOBS_FUZZ_EXAMPLES=500``).
 FUZZ = settings(
-    max_examples=int(os.environ.get("DATAJOBS_FUZZ_EXAMPLES", 30)),
+    max_examples=int(os.environ.get("DATAJOBS_FUZZ_EXAMPLES", 20)),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
