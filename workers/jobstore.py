@@ -44,6 +44,7 @@ cannot overwrite the outcome that was stored first.
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from datetime import datetime, timezone
@@ -55,6 +56,8 @@ from redis.retry import Retry
 from workers import metrics, settings
 from workers.datastore import RedisDataStore
 from workers.errors import job_error
+
+log = logging.getLogger(__name__)
 
 KEY_PREFIX = "datajobs"
 
@@ -222,14 +225,14 @@ return 0
 """
 
 #: End the record at KEYS[1] unless it is gone or has ended: set the fields ARGV[4:], restart its TTL (ARGV[1]),
-#: publish ARGV[3] on ARGV[2]; return its ``input`` and ``owner`` fields ("" if none), or nil (false) when it was not ended here.
+#: publish ARGV[3] on ARGV[2]; return its ``input``, ``owner`` and ``created_at`` fields ("" if none), or nil (false) when it was not ended here.
 _END = """
 if redis.call('exists', KEYS[1]) == 0 or redis.call('hexists', KEYS[1], 'finished_at') == 1 then return false end
-local found = redis.call('hmget', KEYS[1], 'input', 'owner')
+local found = redis.call('hmget', KEYS[1], 'input', 'owner', 'created_at')
 redis.call('hset', KEYS[1], unpack(ARGV, 4))
 redis.call('expire', KEYS[1], ARGV[1])
 redis.call('publish', ARGV[2], ARGV[3])
-return {found[1] or '', found[2] or ''}
+return {found[1] or '', found[2] or '', found[3] or ''}
 """
 
 #: Add ARGV[2] (score ARGV[3]) to the set KEYS[1] unless it holds ARGV[1] members already; the set expires
@@ -442,17 +445,23 @@ class JobStore:
         )
         if raw is None:
             return False
-        raw_input, owner = (value.decode() for value in raw)
-        if owner:  # only a token's jobs count against a quota
-            self.release_slot(owner, job_id)
+        raw_input, owner, created = (value.decode() for value in raw)
         inputs = self.owned_chunks({"input": json.loads(raw_input)} if raw_input else {}, ("input",))
         if inputs:
             # An inline dataset is the job's own: nothing else can use it once the job has ended.
             self.data.delete(inputs)
-        # Counted by whoever ended the job, so once per job.
-        metrics.record_end(
-            self.redis, METRICS_KEY, key_for(job_id), outcome, fields["finished_at"], extra.get("summary")
-        )
+        # Whoever ended the job gives back its place in its token's quota and counts it, so once per job, in
+        # one round trip. Should that fail, the end stands: the quota finds the place when it next fills up,
+        # and the figures miss one job (logged), never count it twice.
+        seconds = metrics.seconds_between(created, fields["finished_at"]) if created else 0.0
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
+                if owner:  # only a token's jobs count against a quota
+                    pipe.zrem(active_key(owner), job_id)
+                metrics.count_end(pipe, METRICS_KEY, outcome, seconds, extra.get("summary"))
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("job %s: its end (%s) was not counted: %s", job_id, outcome, type(exc).__name__)
         return True
 
     def take_lease(self, job_id, holder, seconds, lease="lease"):

@@ -18,19 +18,15 @@ when it is in the registry (never a job id, a token or a column name).
 """
 
 import bisect
-import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime
 
-import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from workers.status import TERMINAL
-
-log = logging.getLogger(__name__)
 
 #: Field of the number of jobs submitted.
 SUBMITTED = "submitted"
@@ -114,24 +110,8 @@ def count_end(pipe, key, status, seconds, summary=None):
             OPERATION_SECONDS.observe(pipe, key, float(step["seconds"]), step["name"])
 
 
-def record_end(redis_client, key, job_key, status, finished_at, summary=None):
-    """Count the end of the job whose record is at ``job_key``: call it only when the end was this caller's.
-
-    Two round trips after the end (its creation time, then every increment in one transaction): a
-    process dying between the end and these, or Redis failing them, loses that job's figures (logged),
-    never counts them twice, and never fails the end itself, which has happened.
-    """
-    try:
-        created = redis_client.hget(job_key, "created_at")
-        seconds = _seconds_between(created.decode(), finished_at) if created else 0.0
-        with redis_client.pipeline(transaction=True) as pipe:
-            count_end(pipe, key, status, seconds, summary)
-            pipe.execute()
-    except redis.RedisError as exc:
-        log.warning("the end of a job (%s) was not counted in the metrics: %s", status, type(exc).__name__)
-
-
-def _seconds_between(start, end):
+def seconds_between(start, end):
+    """Seconds from ``start`` to ``end``, two ISO 8601 texts (a record's ``created_at`` and ``finished_at``)."""
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
