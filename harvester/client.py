@@ -242,12 +242,7 @@ class GatewayClient:
             JobNotFound: the gateway has no such job (404).
             GatewayError, ServerError, GatewayUnreachable: as for :meth:`submit`.
         """
-        try:
-            return self._json("GET", self._job_path(job_id), deadline=deadline)
-        except GatewayError as exc:
-            if exc.status == 404:
-                raise JobNotFound(exc.status, exc.code, exc.message, exc.details) from None
-            raise
+        return self._on_job("GET", job_id, deadline)
 
     def result(self, job_id, *, fmt="arrow", offset=0, deadline=None):
         """Start downloading a completed job's output: ``GET /jobs/<id>/result?format=...&offset=N``.
@@ -304,8 +299,12 @@ class GatewayClient:
             GatewayError: 409 ``job_finished``: it had ended already (its status in ``details["job_status"]``).
             ServerError, GatewayUnreachable: as for :meth:`submit`.
         """
+        return self._on_job("DELETE", job_id, deadline)
+
+    def _on_job(self, method, job_id, deadline):
+        """``method`` on ``/jobs/<id>``: its JSON body; a 404 is :class:`JobNotFound`."""
         try:
-            return self._json("DELETE", self._job_path(job_id), deadline=deadline)
+            return self._json(method, self._job_path(job_id), deadline=deadline)
         except GatewayError as exc:
             if exc.status == 404:
                 raise JobNotFound(exc.status, exc.code, exc.message, exc.details) from None
