@@ -224,6 +224,16 @@ end
 return 0
 """
 
+#: Hand the lease at KEYS[1] from ARGV[5] (a holder known dead) to ARGV[1], for ARGV[2] ms, unless it changed
+#: hands meanwhile; the running index KEYS[2] drops ARGV[6] (the dead holder's entry) for ARGV[4] (score ARGV[3]).
+_REPLACE = """
+if redis.call('get', KEYS[1]) ~= ARGV[5] then return 0 end
+redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('zrem', KEYS[2], ARGV[6])
+redis.call('zadd', KEYS[2], ARGV[3], ARGV[4])
+return 1
+"""
+
 #: End the record at KEYS[1] unless it is gone or has ended: set the fields ARGV[4:], restart its TTL (ARGV[1]),
 #: publish ARGV[3] on ARGV[2]; return its ``input``, ``owner`` and ``created_at`` fields ("" if none), or nil (false) when it was not ended here.
 _END = """
@@ -264,6 +274,7 @@ class JobStore:
         # Compare-and-set on a lease in one round trip (redis-py loads a script again after a Redis restart).
         # Each also keeps the lease's entry in the running index (KEYS[2]) in step with it.
         self._take = redis_client.register_script(_TAKE)
+        self._replace = redis_client.register_script(_REPLACE)
         self._renew = redis_client.register_script(
             _IF_HOLDER.format(then="redis.call('pexpire', KEYS[1], ARGV[2]); redis.call('zadd', KEYS[2], ARGV[3], ARGV[4])")
         )
@@ -472,6 +483,18 @@ class JobStore:
         """
         args = [holder, int(seconds * 1000), time.time() + seconds, running_entry(job_id, lease, holder)]
         return bool(self._take(keys=[key_for(job_id, lease), RUNNING_INDEX], args=args))
+
+    def lease_holder(self, job_id, lease="lease"):
+        """Who holds ``job_id``'s lease now (None when nobody does)."""
+        raw = self.redis.get(key_for(job_id, lease))
+        return raw.decode() if raw is not None else None
+
+    def replace_lease(self, job_id, dead, holder, seconds, lease="lease"):
+        """Take ``job_id``'s lease from ``dead``, a holder known to have died, for ``holder``. False if the lease is
+        no longer ``dead``'s (it ran out, or someone else took it)."""
+        args = [holder, int(seconds * 1000), time.time() + seconds, running_entry(job_id, lease, holder), dead,
+                running_entry(job_id, lease, dead)]
+        return bool(self._replace(keys=[key_for(job_id, lease), RUNNING_INDEX], args=args))
 
     def renew_lease(self, job_id, holder, seconds, lease="lease"):
         """Extend ``holder``'s lease on ``job_id``. False if it is no longer theirs."""

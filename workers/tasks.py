@@ -436,7 +436,9 @@ def _open(job_id):
 def _leased(task, store, job_id, lease):
     """Hold ``lease`` of the job while the body runs; retry the task later while someone else holds it."""
     holder = f"{task.request.hostname}:{os.getpid()}:{uuid.uuid4()}"
-    if not store.take_lease(job_id, holder, LEASE_SECONDS, lease):
+    if not store.take_lease(job_id, holder, LEASE_SECONDS, lease) and not _take_from_the_dead(
+        store, job_id, holder, lease, task.request.hostname
+    ):
         # Running elsewhere (a message given back on a dropped connection), or its
         # process just died and the lease has yet to run out: look again after it.
         wait = store.lease_left(job_id, lease) + 1
@@ -446,6 +448,35 @@ def _leased(task, store, job_id, lease):
         yield holder
     finally:
         store.drop_lease(job_id, holder, lease)
+
+
+def _take_from_the_dead(store, job_id, holder, lease, hostname):
+    """Take the lease from a holder that was a process of this same worker and has died (SIGKILLed, out of
+    memory): its message came back at once, and need not wait for the lease to run out. True if taken.
+
+    Only a process of this worker (its Celery hostname) can be known dead here, by its pid; a holder
+    elsewhere, alive or not, keeps the lease until it runs out.
+    """
+    dead = store.lease_holder(job_id, lease)
+    if dead is None or dead.count(":") < 2:  # ran out meanwhile (take it the usual way next time), or not ours
+        return False
+    node, pid, _ = dead.rsplit(":", 2)  # as _leased names a holder
+    if node != hostname or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+        return False
+    if store.replace_lease(job_id, dead, holder, LEASE_SECONDS, lease):
+        log.info("job %s: %s was held by process %s of this worker, which has died; taken over", job_id, lease, pid)
+        return True
+    return False
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _check_attempts(store, job_id, attempts, what):

@@ -1,5 +1,7 @@
 """The job store on fakeredis: keys, TTLs, attempts, finishing, and the chunks a job owns."""
 
+import os
+
 import fakeredis
 import pytest
 
@@ -158,3 +160,30 @@ def test_a_lease_has_one_holder_until_dropped_or_expired(store):
     store.drop_lease(job_id, "a")
     assert store.lease_left(job_id) == 0
     assert store.take_lease(job_id, "b", 5)
+
+
+# --- a lease held by a dead process of the same worker is taken over at once -------------------------
+
+#: A pid no process can have (above Linux's largest pid_max, 2**22).
+NO_SUCH_PID = 2**22 + 1
+
+
+@pytest.mark.parametrize(
+    "holder, taken",
+    [
+        (f"celery@here:{NO_SUCH_PID}:a", True),  # this worker's process, dead: taken over at once
+        (f"celery@there:{NO_SUCH_PID}:a", False),  # another worker's: it may be alive on its own host
+        (f"celery@here:{os.getpid()}:a", False),  # this worker's process, alive
+    ],
+    ids=["dead here", "elsewhere", "alive here"],
+)
+def test_a_lease_of_a_dead_process_of_this_worker_is_taken_over_and_no_other(holder, taken):
+    from workers import tasks
+    from workers.jobstore import RUNNING_INDEX
+
+    store = JobStore(fakeredis.FakeRedis(), 60)
+    assert store.take_lease("j", holder, 5)
+    assert tasks._take_from_the_dead(store, "j", "celery@here:1:b", "lease", "celery@here") is taken
+    assert store.lease_holder("j") == ("celery@here:1:b" if taken else holder)
+    running = [entry.decode().rsplit(" ", 1)[1] for entry in store.redis.zrange(RUNNING_INDEX, 0, -1)]
+    assert running == (["celery@here:1:b"] if taken else [holder])
