@@ -5,14 +5,12 @@ slowest): their heartbeats (:data:`workers.jobstore.WORKERS_INDEX`) and the leas
 chunks (:meth:`workers.jobstore.JobStore.running`). Any gateway on any host reads the same.
 """
 
-from datetime import datetime, timezone
-
 from flask import Blueprint, current_app
 
 from app.auth import current_owner
 from app.errors import BACKEND_ERRORS
 from app.health import BEATS_MISSED
-from workers.jobstore import key_for
+from workers.jobstore import iso_time, key_for
 
 bp = Blueprint("workers", __name__)
 
@@ -24,7 +22,7 @@ def index():
     seconds = BEATS_MISSED * current_app.config["HEARTBEAT_SECONDS"]
     running = store.running()
     mine = _owned_by_caller({entry["job_id"] for entry in running})
-    workers = {name: {"name": name, "last_seen": _iso(beat), "running": 0, "jobs": []}
+    workers = {name: {"name": name, "last_seen": iso_time(beat), "running": 0, "jobs": []}
                for name, beat in store.live_worker_beats(seconds)}
     for entry in running:
         # A worker whose beats stopped while its lease lives on (it just died) shows until the lease runs out.
@@ -69,6 +67,3 @@ def _owned_by_caller(job_ids):
     owner = current_owner().encode()
     return {job_id for job_id, found in zip(job_ids, owners) if found is not None and found == owner}
 
-
-def _iso(epoch):
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -177,7 +177,12 @@ def is_job_id(text):
 
 def utcnow():
     """Now, as ISO 8601 UTC text with milliseconds: ``2026-11-27T20:30:00.123Z``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_time(time.time())
+
+
+def iso_time(epoch):
+    """Epoch seconds as ISO 8601 UTC text with milliseconds, as :func:`utcnow` writes it."""
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 #: Redis connections one gateway process holds at most, and seconds a request waits for one (then 503).
