@@ -189,11 +189,35 @@ def stop_quickly(gateway, workers, timeout=5):
         stop(gateway, timeout=timeout)
 
 
+#: The log folders of every stack started in this process, for :func:`log_sizes` and :func:`logs_since`.
+LOG_DIRS = []
+
+
+def log_sizes():
+    """The size of every log file of the stacks started so far: where each one's next line will begin."""
+    return {path: path.stat().st_size for folder in LOG_DIRS for path in folder.glob("*.log")}
+
+
+def logs_since(sizes, max_lines=120):
+    """What the stacks' processes logged after :func:`log_sizes` gave ``sizes``: each file's last ``max_lines``
+    new lines, under its path."""
+    parts = []
+    for path, size in log_sizes().items():
+        start = sizes.get(path, 0)
+        if size > start:
+            with path.open("rb") as log:
+                log.seek(start)
+                lines = log.read(size - start).decode(errors="replace").splitlines()
+            parts.append(f"== {path} ==\n" + "\n".join(lines[-max_lines:]))
+    return "\n".join(parts)
+
+
 class Stack:
     """A running gateway and its worker processes (see :func:`running`)."""
 
     def __init__(self, redis_url, log_dir, extra_env=None):
         self.redis_url, self.log_dir, self.extra_env = redis_url, Path(log_dir), extra_env
+        LOG_DIRS.append(self.log_dir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers, self.gateway = [], None

@@ -6,7 +6,8 @@ upload is held in the gateway as Python objects:
 - Arrow IPC streams are read batch by batch as they arrive;
 - CSV, TSV and JSON Lines are parsed by pyarrow in one block per request body
   (at most ``MAX_CONTENT_LENGTH``), so column types are inferred from all of
-  a part's rows, not from its first few;
+  a part's rows, not from its first few; the body is read into that block
+  first, here (:func:`_whole_body`), never by pyarrow's own threads;
 - Parquet and Arrow IPC files need random access: they are spooled to a
   temporary file first;
 - a JSON array of objects is decoded an object at a time into tables of at
@@ -16,6 +17,7 @@ Errors never quote the data: pyarrow's messages are cut before any cell text.
 """
 
 import contextlib
+import io
 import json
 import shutil
 import tempfile
@@ -97,10 +99,24 @@ def _block(limits):
     return max(int(limits["MAX_CONTENT_LENGTH"]) + 1, 1 << 20)
 
 
+def _whole_body(stream):
+    """The rest of ``stream`` as one Arrow buffer, read in the request's own thread.
+
+    pyarrow's CSV and JSON readers pull their input from threads of their own. Under gunicorn's gevent worker a
+    request body is a socket of the request's thread's event loop: read from another thread, it can only wait for
+    data that has not yet arrived by failing ("Cannot switch to a different thread"), a 500 whenever a body
+    came in slower than it was parsed. They parse the body as one block anyway (:func:`_block`), so reading it
+    first costs no more memory.
+    """
+    body = io.BytesIO()
+    shutil.copyfileobj(stream, body, 1 << 20)
+    return pa.py_buffer(body.getbuffer())
+
+
 def _read_delimited(delimiter):
     def read(stream, limits):
         reader = pacsv.open_csv(
-            pa.PythonFile(stream, mode="r"),
+            pa.BufferReader(_whole_body(stream)),
             read_options=pacsv.ReadOptions(block_size=_block(limits), use_threads=False),
             parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
             convert_options=pacsv.ConvertOptions(null_values=CSV_NULLS, strings_can_be_null=True),
@@ -112,10 +128,12 @@ def _read_delimited(delimiter):
 
 
 def _read_jsonl(stream, limits):
-    yield pajson.read_json(pa.PythonFile(stream, mode="r"), read_options=pajson.ReadOptions(block_size=_block(limits)))
+    body = pa.BufferReader(_whole_body(stream))
+    yield pajson.read_json(body, read_options=pajson.ReadOptions(block_size=_block(limits)))
 
 
 def _read_arrow_stream(stream, limits):
+    # The IPC stream reader reads each message in the calling thread: batch by batch, as the body arrives.
     with paipc.open_stream(pa.PythonFile(stream, mode="r")) as reader:
         for batch in reader:
             yield pa.Table.from_batches([batch])

@@ -17,6 +17,7 @@ from pathlib import Path
 import fakeredis
 import pytest
 
+import localstack
 from app import create_app
 from workers.celery import make_app as make_celery
 
@@ -32,6 +33,26 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if any(item.path.is_relative_to(folder) for folder in INTEGRATION_DIRS):
             item.add_marker(pytest.mark.integration)
+
+
+_LOG_SIZES = pytest.StashKey[dict]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    item.stash[_LOG_SIZES] = localstack.log_sizes()
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report shows what the stacks' processes logged while it ran (a gateway's traceback
+    behind a 500, a worker's last lines): in CI, the logs' folders are gone once the run ends."""
+    report = (yield).get_result()
+    if report.when == "call" and report.failed and _LOG_SIZES in item.stash:
+        logged = localstack.logs_since(item.stash[_LOG_SIZES])
+        if logged:
+            report.sections.append(("what the stacks logged during the test", logged))
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ import random
 import time
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.ipc as paipc
 import pyarrow.parquet as pq
 import pytest
@@ -148,3 +149,49 @@ def test_a_small_result_is_inline_as_before(gateway):
     job_id = submit(gateway, {"dataset_id": small.json()["dataset_id"], "operations": ["drop_nulls"]})
     body = watch(gateway, job_id)[1]
     assert body["data"]["data"] == [{"n": 1, "t": "a"}, {"n": 2, "t": "b"}] and body["data"]["truncated"] is False
+
+
+def trickle(body, pieces=8, pause=0.03):
+    """``body`` sent chunked, a piece at a time with a pause before each: it arrives slower than it is parsed,
+    as over any real network."""
+    step = -(-len(body) // pieces)
+    for start in range(0, len(body), step):
+        time.sleep(pause)
+        yield body[start : start + step]
+
+
+def slow_bodies():
+    frame = source_frame(3000)
+    arrow = io.BytesIO()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    with paipc.new_stream(arrow, table.schema) as writer:
+        writer.write_table(table, max_chunksize=500)
+    arrow_file = io.BytesIO()
+    with paipc.new_file(arrow_file, table.schema) as writer:
+        writer.write_table(table, max_chunksize=500)
+    parquet = io.BytesIO()
+    pq.write_table(table, parquet, row_group_size=500)
+    return {
+        "text/csv": frame.to_csv(index=False).encode(),
+        "text/tab-separated-values": frame.to_csv(index=False, sep="\t").encode(),
+        "application/x-ndjson": frame.to_json(orient="records", lines=True).encode(),
+        "application/json": frame.to_json(orient="records").encode(),
+        "application/vnd.apache.arrow.stream": arrow.getvalue(),
+        "application/vnd.apache.arrow.file": arrow_file.getvalue(),
+        "application/vnd.apache.parquet": parquet.getvalue(),
+    }
+
+
+def test_an_upload_that_arrives_slowly_is_read_whole_in_every_format(gateway):
+    # Under gunicorn's gevent worker a body read from one of pyarrow's own threads failed with a 500 as soon as
+    # the reader got ahead of the network ("Cannot switch to a different thread").
+    for content_type, body in slow_bodies().items():
+        response = requests.post(f"{gateway}/datasets", data=trickle(body), headers={"Content-Type": content_type},
+                                 timeout=30)
+        assert response.status_code == 201, f"{content_type}: {response.text}"
+        assert response.json()["rows"] == 3000, content_type
+        assert [c["name"] for c in response.json()["columns"]] == ["id", "name", "score", "group"], content_type
+        upload = requests.post(f"{gateway}/datasets?upload=parts", timeout=10).json()["dataset_id"]
+        part = requests.put(f"{gateway}/datasets/{upload}/parts/1", data=trickle(body),
+                            headers={"Content-Type": content_type}, timeout=30)
+        assert part.status_code == 200 and part.json()["rows"] == 3000, f"{content_type} as a part: {part.text}"
