@@ -20,8 +20,9 @@ demo: $(INSTALLED)
 # When make started: `make test` ends with its wall time from here (the install included), pass or fail.
 STARTED := $(shell date +%s)
 
+# The unit tests and those that start processes, as two pytest runs side by side (scripts/test.py).
 test: $(INSTALLED)
-	@$(BIN)/python -m pytest; status=$$?; took=$$(( $$(date +%s) - $(STARTED) )); \
+	@$(BIN)/python scripts/test.py $(PYTEST_ARGS); status=$$?; took=$$(( $$(date +%s) - $(STARTED) )); \
 	echo "make test: $$took s ($$(( took / 60 )) min $$(( took % 60 )) s) of wall time, install included; exit status $$status"; \
 	exit $$status
 

@@ -25,7 +25,8 @@ def test_keys_share_one_prefix():
 
 
 @pytest.mark.parametrize("text,ok", [(new_job_id(), True), ("not-an-id", False), ("", False), (None, False),
-                                     ("6F0C1A8E-2D5B-4B3E-9A51-0C1D2E3F4A5B", False)])
+                                     ("6F0C1A8E-2D5B-4B3E-9A51-0C1D2E3F4A5B", False)],
+                         ids=["new id", "words", "empty", "none", "upper case"])
 def test_is_job_id_accepts_only_canonical_uuids(text, ok):
     assert is_job_id(text) is ok
 
