@@ -72,7 +72,7 @@ def create_app(test_config=None):
     app.register_blueprint(results.bp)
     app.register_blueprint(datasets.bp)
     app.register_blueprint(operations.bp)
-    app.register_blueprint(health.bp)
+    health.init_app(app)
     app.register_blueprint(workers_view.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(docs.bp)

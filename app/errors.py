@@ -66,6 +66,8 @@ def handle_http_error(exc):
 def handle_backend_down(exc):
     if isinstance(exc.__cause__, FULL_ERRORS):  # kombu's OperationalError for a message a full Redis refused
         return handle_storage_full(exc)
+    # The next health check asks Redis, rather than answering from a count taken before the outage.
+    current_app.extensions["live_workers"].forget()
     log.warning("backend unavailable: %s", exc)
     return error_response(
         503,

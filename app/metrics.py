@@ -65,13 +65,17 @@ def _presented(expected):
     return scheme.lower() == "bearer" and bool(token) and _token_matches(token, (expected,))
 
 
-def _count(response):
-    """Count the request by its method, its URL rule (``/jobs/<job_id>``, not the path) and its status."""
-    rule = request.url_rule
-    method = request.method if request.method in METHODS else "other"
-    current_app.extensions["http_requests"].labels(
-        method=method, route=rule.rule if rule is not None else UNMATCHED, status=str(response.status_code)
+def count_request(app, method, route, status):
+    """Count a request by its method, its URL rule (``/jobs/<job_id>``, not the path; None: unmatched) and its
+    status."""
+    app.extensions["http_requests"].labels(
+        method=method if method in METHODS else "other", route=route or UNMATCHED, status=str(status)
     ).inc()
+
+
+def _count(response):
+    rule = request.url_rule
+    count_request(current_app, request.method, rule.rule if rule is not None else None, response.status_code)
     return response
 
 

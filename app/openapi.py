@@ -996,8 +996,10 @@ def _paths(config):
                 "operationId": "health",
                 "tags": ["meta"],
                 "summary": "Is Redis reachable, and how many workers are alive (from their heartbeats).",
-                "description": "Open to anyone, one Redis read. With deep=true it also pings every worker "
-                "(a broadcast, waiting HEALTH_PING_TIMEOUT), and then needs a token when API_TOKENS is set.",
+                "description": "Open to anyone. Each gateway process counts the workers in Redis at most once "
+                "per HEALTH_CACHE_SECONDS and answers from that count in between (at once again after a Redis "
+                "error). With deep=true it counts afresh, also pings every worker (a broadcast, waiting "
+                "HEALTH_PING_TIMEOUT), and then needs a token when API_TOKENS is set.",
                 "security": [],
                 "parameters": [
                     {

@@ -78,6 +78,9 @@ SETTINGS = {
         Setting("LOG_FORMAT", "text", "`text`, or `json` for one JSON object per line (gateway and workers)."),
         Setting("HEARTBEAT_SECONDS", 2.0, "Seconds between two heartbeats of a worker in Redis; `GET /health` counts "
                 "the workers heard from within three of them.", float),
+        Setting("HEALTH_CACHE_SECONDS", 1.0, "Seconds a gateway process answers `GET /health` from the live workers "
+                "it last counted before it counts them in Redis again (at once after any of its requests found Redis "
+                "unreachable); `?deep=true` always counts afresh.", float),
         Setting("HEALTH_PING_TIMEOUT", 1.0, "Seconds `GET /health?deep=true` waits for workers to answer a ping.",
                 float),
         Setting("SWEEP_SECONDS", 5.0, "Seconds between two sweeps of the workers' sweeper, which sends again a join "

@@ -275,14 +275,81 @@ def test_health_reports_redis_and_workers(client):
     assert response.get_json() == {"status": "ok", "redis": "reachable", "workers": 0}
 
 
-def test_health_counts_the_workers_whose_heartbeat_is_recent(client, app, redis):
-    store = app.extensions["jobstore"]
+def test_health_counts_the_workers_whose_heartbeat_is_recent(redis, celery):
+    from app import create_app
+
+    app = create_app({"TESTING": True, "REDIS": redis, "CELERY": celery, "HEALTH_CACHE_SECONDS": 0})
+    client, store = app.test_client(), app.extensions["jobstore"]
     store.beat("w1@host")
     store.beat("w2@host")
     redis.zadd(WORKERS_INDEX, {"gone@host": time.time() - 3 * app.config["HEARTBEAT_SECONDS"] - 1})
     assert client.get("/health").get_json()["workers"] == 2  # the one silent for three beats is not counted
     store.forget_worker("w2@host")  # as a worker does when it shuts down
     assert client.get("/health").get_json() == {"status": "ok", "redis": "reachable", "workers": 1}
+
+
+class Clock:
+    """``time.monotonic`` for ``app.health``, moved on by hand."""
+
+    def __init__(self, monkeypatch):
+        import app.health
+
+        self.now = 1000.0
+        monkeypatch.setattr(app.health.time, "monotonic", lambda: self.now)
+
+
+@pytest.fixture
+def redis_reads(app, monkeypatch):
+    """The health counts read from Redis so far, as a list that grows with each read."""
+    store, reads = app.extensions["jobstore"], []
+
+    def live_workers(seconds):
+        reads.append(seconds)
+        return 1
+
+    monkeypatch.setattr(store, "live_workers", live_workers)
+    return reads
+
+
+def test_a_processs_health_count_holds_for_health_cache_seconds_then_is_read_again(app, client, redis_reads,
+                                                                                    monkeypatch):
+    clock = Clock(monkeypatch)
+    bodies = [client.get("/health").get_json() for _ in range(100)]
+    assert bodies == [{"status": "ok", "redis": "reachable", "workers": 1}] * 100
+    assert len(redis_reads) == 1  # a hundred checks, one Redis read
+    clock.now += app.config["HEALTH_CACHE_SECONDS"] - 0.01
+    client.get("/health")
+    assert len(redis_reads) == 1
+    clock.now += 0.01
+    client.get("/health")
+    assert len(redis_reads) == 2
+    client.get("/health?deep=true")  # the deep check always counts afresh
+    assert len(redis_reads) == 3
+
+
+def test_a_cached_health_answer_is_the_one_flask_gives_and_is_counted_in_the_metrics(app, client, redis_reads):
+    counter = app.extensions["http_requests"].labels(method="GET", route="/health", status="200")
+    first, cached = client.get("/health"), client.get("/health")
+    assert len(redis_reads) == 1  # the second was answered before Flask's routing, from the count
+    assert cached.data == first.data and cached.headers == first.headers and cached.status == first.status
+    assert counter._value.get() == 2
+
+
+def test_once_a_request_finds_redis_down_the_next_health_check_asks_redis(app, client, redis_reads, monkeypatch):
+    import redis as redis_py
+
+    Clock(monkeypatch)  # time stands still: only the error can make the count go
+    assert client.get("/health").status_code == 200
+    store = app.extensions["jobstore"]
+
+    def down(*args, **kwargs):
+        raise redis_py.exceptions.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(store, "live_workers", down)
+    monkeypatch.setattr(store.redis, "hgetall", down)
+    assert client.get("/jobs/6f0c1a8e-2d5b-4b3e-9a51-0c1d2e3f4a5b").status_code == 503
+    response = client.get("/health")
+    assert response.status_code == 503 and response.get_json()["error"]["code"] == "backend_unavailable"
 
 
 def test_deep_health_also_pings_the_workers_and_needs_a_token_when_tokens_are_set(client, redis, celery):
