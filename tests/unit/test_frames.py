@@ -39,3 +39,16 @@ def test_unicode_and_nested_values_and_order_survive():
 
 def test_empty_dataset():
     assert roundtrip([]) == []
+
+
+def test_a_chunk_is_compressed_only_when_it_is_big_enough_to_gain_from_it_and_reads_back_either_way():
+    import pyarrow as pa
+
+    from workers.frames import COMPRESS_FROM_BYTES, decode, encode
+
+    small = pa.table({"name": ["test"]})
+    big = pa.table({"text": ["the same words again and again"] * 20_000})
+    assert small.nbytes < COMPRESS_FROM_BYTES <= big.nbytes
+    assert encode(small).size > small.nbytes  # as it is, framing and all
+    assert encode(big).size < big.nbytes / 4  # lz4
+    assert decode(encode(small)).equals(small) and decode(encode(big)).equals(big)
