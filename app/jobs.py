@@ -92,22 +92,29 @@ def submit():
             headers={"Retry-After": str(QUOTA_RETRY_SECONDS)},
             limit=limit,
         )
-    try:
-        replay = _enqueue(store, owner, job_id, job, input_ref if job.dataset_id is not None else table, key, digest)
-    except BaseException as exc:
-        if limit and not _unresponsive(exc):
-            with contextlib.suppress(Exception):  # best effort: Redis may be the thing that is down
-                store.release_slot(owner, job_id)
-        raise
-    if replay is not None:  # a retry that raced its first try: that one's answer
-        return replay
-    steps = job.steps
-    log.info("job %s accepted: %d records, %d operations", job_id, rows, len(steps))
-    location = url_for("jobs.show", job_id=job_id)
-    if wait is not None:
-        body = _await(job_id, wait, lambda body: JobStatus(body["status"]).is_terminal, ends_only=True)
-        if body is not None and JobStatus(body["status"]).is_terminal:
-            return _job_response(body, headers={"Location": location}, conditional=False)
+    events = current_app.extensions["job_events"]
+    # A submission that waits watches for the job's end from before its message goes out.
+    with events.watch(job_id, ends_only=True) if wait is not None else contextlib.nullcontext() as ended:
+        try:
+            data = input_ref if job.dataset_id is not None else table
+            replay = _enqueue(store, owner, job_id, job, data, key, digest)
+        except BaseException as exc:
+            if limit and not _unresponsive(exc):
+                with contextlib.suppress(Exception):  # best effort: Redis may be the thing that is down
+                    store.release_slot(owner, job_id)
+            raise
+        if replay is not None:  # a retry that raced its first try: that one's answer
+            return replay
+        steps = job.steps
+        log.info("job %s accepted: %d records, %d operations", job_id, rows, len(steps))
+        location = url_for("jobs.show", job_id=job_id)
+        if wait is not None:
+            # Subscribed all along, this process has seen any end there was: no need to read a job just queued.
+            watched = ended if events.listening else None
+            body = _await(job_id, wait, lambda body: JobStatus(body["status"]).is_terminal, ends_only=True,
+                          watched=watched)
+            if body is not None and JobStatus(body["status"]).is_terminal:
+                return _job_response(body, headers={"Location": location}, conditional=False)
     body = {
         "job_id": job_id,
         "status": JobStatus.STARTED.value,
@@ -382,16 +389,21 @@ def _wait_seconds():
     return query_seconds("wait", current_app.config["MAX_WAIT_SECONDS"], "MAX_WAIT_SECONDS")
 
 
-def _await(job_id, seconds, done, ends_only=False):
+def _await(job_id, seconds, done, ends_only=False, watched=None):
     """Read job ``job_id`` until ``done(body)`` or ``seconds`` pass; return the last body (None once it is gone).
 
     ``ends_only``: ``done`` looks for the job's end only, so progress need not wake the request.
 
     Between two reads the request sleeps until this process's subscription says the job
     may have changed (``app/waiting.py``): Redis is read on a change, never on a timer.
+    ``watched`` is the event of a watch opened, while subscribed, before anything could change the
+    job: the first read then waits for a change too.
     """
     deadline = time.monotonic() + seconds
-    with current_app.extensions["job_events"].watch(job_id, ends_only) as changed:
+    watch = current_app.extensions["job_events"].watch(job_id, ends_only) if watched is None else None
+    with watch or contextlib.nullcontext(watched) as changed:
+        if watched is not None:
+            changed.wait(seconds)
         while True:
             changed.clear()  # before the read: a change from here on wakes the wait below
             record, meta = _lookup(job_id)

@@ -70,6 +70,12 @@ class JobEvents:
                     self._waiters.pop(job_id, None)
 
     @property
+    def listening(self):
+        """True while this process's listener is subscribed: from then on no change of a watched job goes
+        unseen (if the subscription breaks, every waiter is woken to look for itself)."""
+        return self._pid == os.getpid() and self._ready.is_set()
+
+    @property
     def waiting(self):
         """How many requests of this process are waiting now."""
         with self._lock:

@@ -133,9 +133,12 @@ def run_job(self, job_id):
                 f"(the limit is {max_attempts}); the job was stopped so it cannot take down more workers."
             )
             _fail(store, job_id, job_error("worker_lost", message))
-        attempt = store.mark_started(job_id, worker=self.request.hostname or "unknown")
+        worker = self.request.hostname or "unknown"
+        attempt = store.mark_started(job_id, worker=worker)
         log.info("job %s: attempt %d, %d operations", job_id, attempt, record["operations_total"])
-        return _advance(self, store, job_id, record, holder, 0, record["input"], {}, spare)
+        # A first attempt that ends here, without fanning out, had this worker alone (no need to ask Redis).
+        workers = [worker] if attempt == 1 else None
+        return _advance(self, store, job_id, record, holder, 0, record["input"], {}, spare, workers)
 
 
 def _resume_fanout(store, job_id, stage):
@@ -344,11 +347,12 @@ def _stop_heartbeat(sender=None, **kwargs):
 # --- the job, segment by segment ------------------------------------------------------
 
 
-def _advance(task, store, job_id, record, holder, start, ref, stats, spare):
+def _advance(task, store, job_id, record, holder, start, ref, stats, spare, workers=None):
     """Run the segments of the job from ``start`` over ``ref``; fan out, or complete the job at the end.
 
     ``spare`` is kept naming the chunks of ``ref`` unless it is the job's input: what a job failing for
-    want of room frees (:func:`_out_of_room`).
+    want of room frees (:func:`_out_of_room`). ``workers``: the job's workers when they are known without
+    asking Redis.
     """
     steps = pipeline.parse_steps(record["operations"])
     plan = pipeline.segments(steps)
@@ -376,7 +380,7 @@ def _advance(task, store, job_id, record, holder, start, ref, stats, spare):
             ref = result
             spare[:] = [chunk["name"] for chunk in ref["chunks"]]
         _phase(progress, ref, phase=Phase.SAVING.value, operations_done=len(steps), current_operation=None)
-    return _complete(task, store, job_id, record, steps, ref, stats, table)
+    return _complete(task, store, job_id, record, steps, ref, stats, table, workers)
 
 
 def _run_segment(store, job_id, record, number, segment, ref, stats, progress):
@@ -404,14 +408,14 @@ def _phase(progress, ref, **changes):
         progress.update(**changes)
 
 
-def _complete(task, store, job_id, record, steps, output, stats, table=None):
+def _complete(task, store, job_id, record, steps, output, stats, table=None, workers=None):
     summary = {
         "processed_items": record["rows_in"],
         "output_items": output["rows"],
         "operations_applied": len(steps),
         "operations": [_rounded(stats[step.index]) for step in steps],
         "columns": frames.describe_columns(chunks.schema_of(output)),
-        "workers": store.workers(job_id),
+        "workers": workers if workers is not None else store.workers(job_id),
     }
     inline = None
     if output["rows"] <= settings.get("INLINE_RESULT_ROWS"):

@@ -92,6 +92,25 @@ def test_a_post_that_waits_answers_202_when_the_job_does_not_end_in_time(client,
     assert queued() == 1
 
 
+def test_a_post_that_waits_reads_its_job_once_it_has_ended_and_not_before(client, complete_job, monkeypatch):
+    import app.jobs
+    from app.taskmeta import TaskMeta
+
+    job_id = "6f0c1a8e-2d5b-4b3e-9a51-0c1d2e3f4a5b"
+    monkeypatch.setattr(app.jobs, "new_job_id", lambda: job_id)
+    reads, read = [], TaskMeta.read
+    monkeypatch.setattr(TaskMeta, "read", lambda self, *args: reads.append(time.monotonic()) or read(self, *args))
+    with client.application.extensions["job_events"].watch("another job"):
+        pass  # the process's listener subscribed, as it is once a process has had its first waiter
+    ended = []
+    later(0.3, lambda: (complete_job(job_id, [{"id": 1}], {"processed_items": 1, "output_items": 1,
+                                                           "operations_applied": 1}), ended.append(time.monotonic())))
+    answer = submit(client, path="/jobs?wait=30")
+    assert answer.status_code == 200 and answer.get_json()["status"] == "completed"
+    # Watched from before its message was sent: it slept until the end, then read the job once.
+    assert len(reads) == 1 and reads[0] >= ended[0]
+
+
 @pytest.mark.parametrize("wait", ["0", "-1", "nan", "inf", "soon", "60.5", ""])
 def test_a_bad_wait_is_400_naming_it_and_nothing_is_enqueued(client, queued, wait):
     answer = submit(client, path=f"/jobs?wait={wait}")
