@@ -93,7 +93,6 @@ def init_app(app):
     _answer_from_cache(app)
 
 
-
 def _answer_from_cache(app):
     """Put in front of the Flask app a WSGI layer that answers a plain ``GET /health`` from the process's last
     count while it holds: the answer Flask would give, counted in the metrics as Flask's are, without its
