@@ -102,13 +102,20 @@ def test_a_post_that_waits_reads_its_job_once_it_has_ended_and_not_before(client
     monkeypatch.setattr(TaskMeta, "read", lambda self, *args: reads.append(time.monotonic()) or read(self, *args))
     with client.application.extensions["job_events"].watch("another job"):
         pass  # the process's listener subscribed, as it is once a process has had its first waiter
-    ended = []
-    later(0.3, lambda: (complete_job(job_id, [{"id": 1}], {"processed_items": 1, "output_items": 1,
-                                                           "operations_applied": 1}), ended.append(time.monotonic())))
+    ending = []  # when the job's end began to be written
+
+    def end():
+        store, deadline = client.application.extensions["jobstore"], time.monotonic() + 10
+        while store.get(job_id) is None and time.monotonic() < deadline:  # the submission has recorded it
+            time.sleep(0.01)
+        ending.append(time.monotonic())
+        complete_job(job_id, [{"id": 1}], {"processed_items": 1, "output_items": 1, "operations_applied": 1})
+
+    later(0.3, end)
     answer = submit(client, path="/jobs?wait=30")
     assert answer.status_code == 200 and answer.get_json()["status"] == "completed"
     # Watched from before its message was sent: it slept until the end, then read the job once.
-    assert len(reads) == 1 and reads[0] >= ended[0]
+    assert len(reads) == 1 and reads[0] >= ending[0]
 
 
 @pytest.mark.parametrize("wait", ["0", "-1", "nan", "inf", "soon", "60.5", ""])
