@@ -717,40 +717,86 @@ def _fail(store, job_id, error):
     raise JobFailed(error["message"])
 
 
-@contextlib.contextmanager
-def _watch(store, job_id, holder, lease="lease"):
-    """While the body runs, renew its lease and watch for a cancel; yield an Event set on a cancel.
+class _Watched:
+    """One job (or chunk) a process runs: its lease to renew, and the event its body checks for a cancel."""
 
-    A cancelled job stops at the next operation (the body checks the event). A
-    step that runs on for ``CANCEL_GRACE_SECONDS`` after the cancel is stopped
-    the only way that works in the middle of C code: this process is killed,
-    as the hard time limit would. Celery then starts a fresh process, and the
-    message it gives back finds the job ended and is dropped.
+    def __init__(self, store, job_id, holder, lease):
+        self.store, self.job_id, self.holder, self.lease = store, job_id, holder, lease
+        self.cancelled = threading.Event()
+        self.renewed = time.monotonic()
+        self.cancelled_at = None
+
+
+class _Watcher:
+    """One thread per worker process, started with its first job, that renews the leases of what the process
+    runs and watches it for a cancel: a thread per job cost one to start and stop on every job.
+
+    A cancelled job stops at the next operation (its body checks the event). A step that runs on for
+    ``CANCEL_GRACE_SECONDS`` after the cancel is stopped the only way that works in the middle of C code: this
+    process is killed, as the hard time limit would. Celery then starts a fresh process, and the message it
+    gives back finds the job ended and is dropped. With nothing to watch the thread sleeps.
     """
-    cancelled, done = threading.Event(), threading.Event()
-    grace = settings.get("CANCEL_GRACE_SECONDS")
 
-    def watch():
-        renewed = time.monotonic()
-        while not done.wait(CANCEL_POLL_SECONDS):
-            try:
-                if time.monotonic() - renewed >= 1:
-                    store.renew_lease(job_id, holder, LEASE_SECONDS, lease)
-                    renewed = time.monotonic()
-                if store.is_finished(job_id):
-                    break
-            except Exception:  # noqa: BLE001 - Redis blips: keep watching
-                log.debug("job %s: lease or cancel check failed", job_id, exc_info=True)
-        else:
-            return
-        cancelled.set()
-        if not done.wait(grace):
-            log.warning("job %s: cancelled, and a step ran on for %g s; killing its worker process", job_id, grace)
-            os.kill(os.getpid(), signal.SIGKILL)
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._watched = set()
+        self._pid = None  # the process the thread runs in (Celery's pool forks its processes)
 
-    watcher = threading.Thread(target=watch, name=f"watch-{job_id}", daemon=True)
-    watcher.start()
-    try:
-        yield cancelled
-    finally:
-        done.set()
+    @contextlib.contextmanager
+    def watch(self, store, job_id, holder, lease):
+        """While the body runs, renew its lease and watch for a cancel; yield an Event set on a cancel."""
+        entry = _Watched(store, job_id, holder, lease)
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid, self._watched = os.getpid(), set()
+                threading.Thread(target=self._run, name="datajobs-watcher", daemon=True).start()
+            self._watched.add(entry)
+            self._work.notify()
+        try:
+            yield entry.cancelled
+        finally:
+            with self._lock:
+                self._watched.discard(entry)
+
+    def _run(self):
+        while True:
+            with self._lock:
+                while not self._watched:
+                    self._work.wait()
+            time.sleep(CANCEL_POLL_SECONDS)
+            with self._lock:
+                entries = list(self._watched)
+            for entry in entries:
+                if entry.cancelled_at is None:
+                    self._look(entry)
+                    continue
+                grace = settings.get("CANCEL_GRACE_SECONDS")
+                if time.monotonic() - entry.cancelled_at >= grace and self._still(entry):
+                    log.warning("job %s: cancelled, and a step ran on for %g s; killing its worker process",
+                                entry.job_id, grace)
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+    def _still(self, entry):
+        with self._lock:
+            return entry in self._watched
+
+    @staticmethod
+    def _look(entry):
+        try:
+            if time.monotonic() - entry.renewed >= 1:
+                entry.store.renew_lease(entry.job_id, entry.holder, LEASE_SECONDS, entry.lease)
+                entry.renewed = time.monotonic()
+            if entry.store.is_finished(entry.job_id):
+                entry.cancelled_at = time.monotonic()
+                entry.cancelled.set()
+        except Exception:  # noqa: BLE001 - Redis blips: keep watching
+            log.debug("job %s: lease or cancel check failed", entry.job_id, exc_info=True)
+
+
+_watcher = _Watcher()
+
+
+def _watch(store, job_id, holder, lease="lease"):
+    """:meth:`_Watcher.watch` of this process's watcher."""
+    return _watcher.watch(store, job_id, holder, lease)
