@@ -768,14 +768,20 @@ class _Watcher:
             with self._lock:
                 entries = list(self._watched)
             for entry in entries:
-                if entry.cancelled_at is None:
-                    self._look(entry)
-                    continue
-                grace = settings.get("CANCEL_GRACE_SECONDS")
-                if time.monotonic() - entry.cancelled_at >= grace and self._still(entry):
-                    log.warning("job %s: cancelled, and a step ran on for %g s; killing its worker process",
-                                entry.job_id, grace)
-                    os.kill(os.getpid(), signal.SIGKILL)
+                try:
+                    self._tend(entry)
+                except Exception:  # pragma: no cover - the thread must outlive a bug: every lease depends on it
+                    log.exception("job %s: watcher error", entry.job_id)
+
+    def _tend(self, entry):
+        if entry.cancelled_at is None:
+            self._look(entry)
+            return
+        grace = settings.get("CANCEL_GRACE_SECONDS")
+        if time.monotonic() - entry.cancelled_at >= grace and self._still(entry):
+            log.warning("job %s: cancelled, and a step ran on for %g s; killing its worker process",
+                        entry.job_id, grace)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _still(self, entry):
         with self._lock:
