@@ -14,6 +14,7 @@ import time
 from flask import Blueprint, current_app
 
 from app.errors import BACKEND_ERRORS
+from app.metrics import count_request
 from app.validation import query_flag
 
 bp = Blueprint("health", __name__)
@@ -23,7 +24,10 @@ BEATS_MISSED = 3
 
 
 class LiveWorkers:
-    """The number of live workers, as one gateway process last read it, and until when that reading holds."""
+    """The number of live workers, as one gateway process last read it, and until when that reading holds.
+
+    ``within``: a worker is alive while its last heartbeat is younger than this many seconds (``GET /workers``
+    lists the same ones)."""
 
     def __init__(self, jobstore, heartbeat_seconds, cache_seconds):
         self.jobstore, self.cache_seconds = jobstore, cache_seconds
@@ -98,8 +102,6 @@ def _answer_from_cache(app):
     count while it holds: the answer Flask would give, counted in the metrics as Flask's are, without its
     request context, hooks and routing. Checks come in bursts (a load balancer per gateway, several probes per
     balancer), and this way a hundred of them cost a submission waiting behind them milliseconds, not tens."""
-    from app.metrics import count_request  # here: app.metrics imports app.workers_view, which imports this
-
     inner, live = app.wsgi_app, app.extensions["live_workers"]
 
     def wsgi(environ, start_response):

@@ -400,8 +400,8 @@ def _await(job_id, seconds, done, ends_only=False, watched=None):
     job: the first read then waits for a change too.
     """
     deadline = time.monotonic() + seconds
-    watch = current_app.extensions["job_events"].watch(job_id, ends_only) if watched is None else None
-    with watch or contextlib.nullcontext(watched) as changed:
+    events = current_app.extensions["job_events"]
+    with events.watch(job_id, ends_only) if watched is None else contextlib.nullcontext(watched) as changed:
         if watched is not None:
             changed.wait(seconds)
         while True:

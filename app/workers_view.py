@@ -9,7 +9,6 @@ from flask import Blueprint, current_app
 
 from app.auth import current_owner
 from app.errors import BACKEND_ERRORS
-from app.health import BEATS_MISSED
 from workers.jobstore import iso_time, key_for
 
 bp = Blueprint("workers", __name__)
@@ -19,7 +18,7 @@ bp = Blueprint("workers", __name__)
 def index():
     """List the live workers with what each runs now, and the queue depth."""
     store = current_app.extensions["jobstore"]
-    seconds = BEATS_MISSED * current_app.config["HEARTBEAT_SECONDS"]
+    seconds = current_app.extensions["live_workers"].within  # alive as GET /health counts them
     running = store.running()
     mine = _owned_by_caller({entry["job_id"] for entry in running})
     workers = {name: {"name": name, "last_seen": iso_time(beat), "running": 0, "jobs": []}
