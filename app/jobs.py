@@ -25,7 +25,7 @@ from workers.chunks import ChunkWriter
 from workers.datasets import READY
 from workers.datastore import FULL_ERRORS, StorageFull
 from workers.errors import InvalidRequest, hard_time_limit_error, job_error
-from workers.jobstore import index_member, is_job_id, new_job_id, read_index_member
+from workers.jobstore import index_member, is_index_member, is_job_id, new_job_id, read_index_member
 from workers.status import JobStatus, Phase, job_status
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ def index():
         raise InvalidRequest("invalid_parameter", f"The 'limit' query parameter must be from 1 to {MAX_PAGE}.",
                              parameter="limit")
     position = _cursor() or (None if before is None else index_member(before.timestamp()))
-    low = None if after is None else index_member(after.timestamp()) + "~"  # "~" sorts after every id
+    low = None if after is None else index_member(after.timestamp()) + "~"  # "~" sorts after every sequence and id
     owner, store, jobs, scanned = current_owner(), _store(), [], 0
     more = True
     while more and len(jobs) < limit and scanned < MAX_SCANNED:
@@ -326,8 +326,7 @@ def _cursor():
         return None
     try:
         member = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-        created, _, job_id = member.partition(":")
-        if len(created) == 13 and created.isdigit() and is_job_id(job_id):
+        if is_index_member(member):
             return member
     except (ValueError, UnicodeDecodeError):
         pass

@@ -285,6 +285,10 @@ def _check_strings(table, limit):
         if len(field.name) > limit:
             raise too_long(limit, "a column name")
         if (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)) and len(column):
+            # A text has no more characters than bytes: counting characters (decoding UTF-8) is only needed
+            # when some cell has more bytes than the limit, and byte lengths come from the offsets alone.
+            if (pc.max(pc.binary_length(column)).as_py() or 0) <= limit:
+                continue
             longest = pc.max(pc.utf8_length(column)).as_py()
             if longest is not None and longest > limit:
                 raise too_long(limit, f"column {field.name!r}", column=field.name)

@@ -124,7 +124,7 @@ def running(redis_url, log_dir, concurrency=1, startup_timeout=60):
             procs.append(subprocess.Popen(args, cwd=localstack.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
             log.close()
         url = f"http://127.0.0.1:{port}"
-        localstack.wait_until(lambda: _answers(url), startup_timeout, "the naive gateway answering")
+        localstack.wait_until(lambda: answers(url), startup_timeout, "the naive gateway answering")
         localstack.wait_until(
             lambda: bool(control.control.ping(destination=[hostname], timeout=0.5)), startup_timeout, "the naive worker answering a ping"
         )
@@ -142,7 +142,7 @@ def stack(redis_url, log_dir, concurrency=1, startup_timeout=60):
         yield started.url
 
 
-def _answers(url):
+def answers(url):
     try:
         return requests.get(f"{url}/health", timeout=2).ok
     except requests.RequestException:

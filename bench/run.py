@@ -7,7 +7,9 @@
    job of each system's gateway, worker and Redis, against the goals (1 client:
    p50 at most half the naive app's; 8 clients: at least twice its jobs/s). Then
    the submission latency while 1,000 waiters are held open on the datajobs
-   gateway. Each system on a ``redis-server`` of its own.
+   gateway. Each system on a ``redis-server`` of its own. Then the ceiling
+   (``bench/ceiling.py``): Celery alone, and behind the least HTTP gateway, with
+   8 clients.
 2. Throughput: a five-step pipeline over many rows through the whole system
    (submit, poll, get the data back), beside the naive app and the same steps
    in plain pandas in this process.
@@ -44,7 +46,7 @@ import redis  # noqa: E402
 import requests  # noqa: E402
 
 import localstack  # noqa: E402
-from bench import latency, memory, naive, scale, workload  # noqa: E402
+from bench import ceiling, latency, memory, naive, scale, workload  # noqa: E402
 from bench.report import machine, markdown_table, ratio, secs, table  # noqa: E402
 from harvester.client import GatewayClient  # noqa: E402
 
@@ -307,7 +309,11 @@ def parse_args(argv):
 def run_latency(args, log_dir):
     """Benchmark 1, each system on a ``redis-server`` of its own; return (section, Redis versions)."""
     figures = latency.run(args.seconds, args.warmup, log_dir, progress, waiters=args.waiters)
-    return latency.section(figures), [figures[system]["redis_version"] for system in ("datajobs", "naive")]
+    figures["ceiling"] = ceiling.run(args.seconds, args.warmup, log_dir, progress, clients=(max(latency.CLIENTS),))
+    latency_tables, latency_notes, latency_warnings = latency.section(figures)
+    ceiling_tables, ceiling_notes, ceiling_warnings = ceiling.section(figures)
+    section = (latency_tables + ceiling_tables, latency_notes + ceiling_notes, latency_warnings + ceiling_warnings)
+    return section, [figures[system]["redis_version"] for system in ("datajobs", "naive")]
 
 
 def run_pipeline(args, log_dir):

@@ -5,8 +5,8 @@ stdout holds exactly one JSON document.
 Exit codes are :class:`ExitCode`; :data:`JOB_OUTCOMES` says which a job's end
 status gives, :data:`ERROR_OUTCOMES` which error ends with which.
 
-Ctrl-C during ``run`` or ``wait`` leaves the job running at the gateway (``run
---cancel-on-interrupt`` cancels it), says how to go on (``harvester wait``,
+Ctrl-C during ``run`` or ``wait`` leaves the job running at the gateway
+(``--cancel-on-interrupt`` cancels it), says how to go on (``harvester wait``,
 ``harvester cancel``) and exits 130, as a shell reports a command stopped by SIGINT.
 
 Every command that talks to the gateway takes ``--token`` (or ``$GATEWAY_TOKEN``);
@@ -244,7 +244,7 @@ def _interrupted(harvest, *, raw_csv=False, cancel=False):
     sys.exit(ExitCode.INTERRUPTED)
 
 
-#: Seconds a cancel after Ctrl-C may take (``run --cancel-on-interrupt``).
+#: Seconds a cancel after Ctrl-C may take (``--cancel-on-interrupt`` of ``run`` and ``wait``).
 CANCEL_SECONDS = 10.0
 
 
@@ -314,6 +314,14 @@ def _max_wait_option(command):
     )(command)
 
 
+def _cancel_on_interrupt_option(command):
+    return click.option(
+        "--cancel-on-interrupt",
+        is_flag=True,
+        help="On Ctrl-C, cancel the job (DELETE /jobs/<id>) instead of leaving it running at the gateway.",
+    )(command)
+
+
 def _json_option(command):
     return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(command)
 
@@ -369,11 +377,7 @@ def main():
     help="Upload SOURCE and have the gateway check the job on it without running it; print the columns after "
     "each step. Nothing is queued or written, and the dataset is deleted afterwards.",
 )
-@click.option(
-    "--cancel-on-interrupt",
-    is_flag=True,
-    help="On Ctrl-C, cancel the job (DELETE /jobs/<id>) instead of leaving it running at the gateway.",
-)
+@_cancel_on_interrupt_option
 @_json_option
 def run(
     source,
@@ -467,19 +471,21 @@ def _plan(harvest, as_json):
 @_max_wait_option
 @_timeout_option("Give up this many seconds after starting, wait and download together (exit 3, or 4 if the "
                  "gateway is unreachable).")  # fmt: skip
+@_cancel_on_interrupt_option
 @_json_option
-def wait(job_id, output, force, raw_csv, gateway, token, poll_interval, max_wait, timeout, as_json):
+def wait(job_id, output, force, raw_csv, gateway, token, poll_interval, max_wait, timeout, cancel_on_interrupt,
+         as_json):  # fmt: skip
     """Follow job JOB_ID to its end, as run does once it has submitted; with --output, write its result.
 
     The output and its manifest are written as by fetch. Ctrl-C leaves the job
-    running and says how to go on.
+    running and says how to go on, unless --cancel-on-interrupt.
 
     \b
     Exit codes: 0 completed, 1 job failed, 2 usage error or unknown job,
     3 timeout, 4 gateway unreachable, 5 job cancelled, 130 interrupted.
     """
     harvest = _existing_job_harvest(gateway, token, output, raw_csv, force, poll_interval, timeout, max_wait=max_wait)
-    _finish(harvest, lambda: harvest.follow(job_id), as_json, raw_csv=raw_csv)
+    _finish(harvest, lambda: harvest.follow(job_id), as_json, raw_csv=raw_csv, cancel_on_interrupt=cancel_on_interrupt)
 
 
 @main.command()

@@ -86,10 +86,19 @@ class GatewayClient:
         self.timeout = timeout
         # Per request, not on the session: the session also fetches source URLs.
         self.auth = BearerAuth(token) if token is not None else None
+        self.retry = retry
         self.session = make_session(retry)
 
     def __repr__(self):
         return f"GatewayClient({self.base_url!r})"
+
+    def clone(self):
+        """A client of the same gateway, with the same timeout, retry policy and token, and a session of its
+        own: for another thread."""
+        twin = object.__new__(type(self))
+        twin.base_url, twin.timeout, twin.auth, twin.retry = self.base_url, self.timeout, self.auth, self.retry
+        twin.session = make_session(self.retry)
+        return twin
 
     def close(self):
         self.session.close()

@@ -59,10 +59,12 @@ def remaining(deadline):
 class GatewayRetry(Retry):
     """urllib3 ``Retry`` that stops at the current call's deadline and says each retry in one short line.
 
-    The line reads ``Gateway unreachable, retrying in 1.0 s (2 of 4).`` (or ``Gateway
-    answered 503, ...``): urllib3's own warning after a connection error, which is a
-    repr of the Retry and of the exception, is dropped for this class
-    (:class:`_OwnRetryLines`), and its retries after a 503 are logged only at DEBUG.
+    The line reads ``gateway unreachable, retrying in 1.0 s (2 of 4)`` (or ``gateway
+    answered 503, ...``): the second retry of the 4 the policy allows after the first
+    attempt (fewer are made when the deadline comes first). urllib3's own warning after
+    a connection error, which is a repr of the Retry and of the exception, is dropped
+    for this class (:class:`_OwnRetryLines`), and its retries after a 503 are logged
+    only at DEBUG.
     """
 
     def is_exhausted(self):
@@ -93,7 +95,7 @@ class GatewayRetry(Retry):
         when = f"in {wait:.1f} s" if wait >= 0.05 else "now"
         count = len(new.history)
         of = f"{count} of {count + new.total}" if isinstance(new.total, int) else f"retry {count}"
-        log.warning("%s %s, retrying %s (%s).", _target.get().capitalize(), problem, when, of)
+        log.warning("%s %s, retrying %s (%s)", _target.get(), problem, when, of)
         return new
 
 

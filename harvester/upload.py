@@ -11,9 +11,10 @@ Each part is tried until the gateway acknowledges it or the deadline passes
 :func:`~harvester.transport.retry_until` tries again every interval), so a
 broken upload goes on from the part that was not acknowledged. Parts are built
 on a thread of their own (:class:`_Ahead`) while the one before is being sent,
-so reading and compressing the source overlaps with the gateway storing the
-part before; memory holds the part being sent, at most :data:`PARTS_AHEAD`
-waiting, and the one being built.
+and up to :data:`PUTS_IN_FLIGHT` parts are sent at once, so reading and
+compressing the source overlaps with the gateway storing the parts before, in
+several of its processes; memory holds the parts being sent, at most
+:data:`PARTS_AHEAD` waiting, and the one being built.
 
 Sending part n again replaces it, so when the source turns out not to fit the
 types read from its start (:class:`~harvester.sources.Retyped`) the upload
@@ -22,9 +23,11 @@ fewer parts than the first had sent, the extra ones cannot be taken back: the
 upload then starts over in a new dataset.
 """
 
+import collections
 import logging
 import queue
 import threading
+from concurrent import futures
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -39,8 +42,11 @@ log = logging.getLogger(__name__)
 #: Target size of one part, in bytes of compressed Arrow IPC (the gateway takes up to 64 MiB by default).
 #: Small enough that the gateway stores one part while the next is read and compressed.
 PART_BYTES = 8 * 1024 * 1024
-#: Parts built ahead of the one being sent (each waits in memory, about PART_BYTES).
+#: Parts built ahead of the ones being sent (each waits in memory, about PART_BYTES).
 PARTS_AHEAD = 1
+#: Parts sent at once, each on a thread and a connection of its own: the gateway's processes store them side
+#: by side (one PUT at a time leaves all but one of them idle, and the harvester idle while it stores).
+PUTS_IN_FLIGHT = 2
 #: Smallest part size the upload falls back to when the gateway answers 413 (it halves it each time).
 MIN_PART_BYTES = 256 * 1024
 #: How parts are written: buffers compressed with zstd.
@@ -278,30 +284,59 @@ class Upload:
         self.dataset_id, self._highest = described["dataset_id"], 0
 
     def _send_all(self):
-        """Send every part of one pass over the source; return (parts, rows, bytes)."""
+        """Send every part of one pass over the source; return (parts, rows, bytes).
+
+        Up to :data:`PUTS_IN_FLIGHT` parts are sent at once, each with a client of its own. A part that fails
+        for good (a refusal, the deadline) is raised once the others in flight have ended, so no part of this
+        pass can land after the next pass has begun. A Ctrl-C does not wait for them.
+        """
         parts = rows = sent = 0
-        with self.source.batches() as batches, _Ahead(
-            lambda on_batch: split_parts(batches, batches.schema, self.part_bytes, on_batch=on_batch),
-            on_batch=self._report,
-        ) as ahead:
-            for part in ahead:
-                if self.dataset_id is None:
-                    # Opened once the first part is ready, so a source that cannot be read leaves no dataset behind.
-                    self._new_dataset()
-                self._put(part)
-                parts, rows, sent = part.number, rows + part.rows, sent + len(part.body)
+        in_flight = collections.deque()  # (future, client), oldest first
+        idle = []
+        try:
+            with self.source.batches() as batches, _Ahead(
+                lambda on_batch: split_parts(batches, batches.schema, self.part_bytes, on_batch=on_batch),
+                on_batch=self._report,
+            ) as ahead:
+                for part in ahead:
+                    if self.dataset_id is None:
+                        # Opened once the first part is ready, so a source that cannot be read leaves no dataset.
+                        self._new_dataset()
+                    if len(in_flight) == PUTS_IN_FLIGHT:
+                        parts, rows, sent = self._acknowledged(in_flight, idle, rows, sent)
+                    client = idle.pop() if idle else self.client.clone()
+                    in_flight.append((_in_background(self._put, client, part), client))
+                while in_flight:
+                    parts, rows, sent = self._acknowledged(in_flight, idle, rows, sent)
+        except Exception:
+            futures.wait([future for future, _ in in_flight])
+            idle.extend(client for _, client in in_flight)
+            raise
+        finally:
+            for client in idle:
+                client.close()
         self._report()
         return parts, rows, sent
 
-    def _put(self, part):
+    def _acknowledged(self, in_flight, idle, rows, sent):
+        """Wait for the oldest part in flight (raising what it raised); return (parts, rows, bytes) with it."""
+        future, client = in_flight.popleft()
+        try:
+            part = future.result()
+        finally:
+            idle.append(client)
+        self.parts_sent += 1
+        self._highest = max(self._highest, part.number)
+        return part.number, rows + part.rows, sent + len(part.body)
+
+    def _put(self, client, part):
+        """Send ``part`` with ``client`` until the gateway acknowledges it; return it."""
         answer = retry_until(
-            lambda: self.client.put_part(self.dataset_id, part.number, part.body, deadline=self.deadline),
+            lambda: client.put_part(self.dataset_id, part.number, part.body, deadline=self.deadline),
             deadline=self.deadline,
             interval=self.interval,
             what=f"uploading part {part.number} of dataset {self.dataset_id}",
         )
-        self.parts_sent += 1
-        self._highest = max(self._highest, part.number)
         if isinstance(answer, dict) and isinstance(answer.get("rows"), int) and answer["rows"] != part.rows:
             raise ServerError(
                 200,
@@ -309,6 +344,7 @@ class Upload:
                 f"The gateway counted {answer['rows']} rows in part {part.number}; {part.rows} were sent.",
             )
         log.debug("Part %d of dataset %s: %d rows, %s.", part.number, self.dataset_id, part.rows, _size(len(part.body)))
+        return part
 
     def _report(self):
         # pyarrow's allocator keeps the pages of freed batches for reuse; hand them back, or they add up.
@@ -322,3 +358,18 @@ def _size(n):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1024
+
+
+def _in_background(function, *args):
+    """Call ``function(*args)`` on a daemon thread (one a Ctrl-C does not wait for); return its future."""
+    future = futures.Future()
+
+    def run():
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(function(*args))
+            except BaseException as exc:  # noqa: BLE001 - raised by whoever takes the result
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name="harvester-put", daemon=True).start()
+    return future

@@ -23,7 +23,8 @@ Redis keys (all built by :func:`key_for` and :func:`dataset_key`, all expiring a
 - ``datajobs:workers``          sorted set: live workers by their last heartbeat (:data:`WORKERS_INDEX`)
 - ``datajobs:running``          sorted set: the leases held now, ``<job id> <lease> <holder>`` by when each
   runs out unless renewed (:data:`RUNNING_INDEX`): who runs what, for ``GET /workers``
-- ``datajobs:index:<owner>``    sorted set: an owner's jobs by creation time (:func:`index_key`), for ``GET /jobs``
+- ``datajobs:index:<owner>``    sorted set: an owner's jobs in the order of their creation (:func:`index_key`,
+  :func:`index_member`), for ``GET /jobs``
 - ``datajobs:active:<owner>``   sorted set: an owner's jobs queued or running (:func:`active_key`), its quota
 - ``datajobs:metrics``          hash: the job figures of ``GET /metrics``, kept for good (:data:`METRICS_KEY`)
 
@@ -43,6 +44,7 @@ cannot overwrite the outcome that was stored first.
 """
 
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -78,17 +80,34 @@ def active_key(owner):
     return f"{KEY_PREFIX}:active:{owner or 'open'}"
 
 
-def index_member(created, job_id=""):
-    """The member of an owner's index for a job created at ``created`` (epoch seconds): ``<ms, 13 digits>:<id>``.
+def index_member(created):
+    """The start of the members of an owner's index for the jobs created at ``created`` (epoch seconds):
+    ``<ms, 13 digits>:``, to which :meth:`JobStore.create` adds ``<sequence, 12 digits>:<id>``.
 
-    Without ``job_id``, a bound: every job created at or after that millisecond sorts above it.
+    Members sort as text in the order the jobs were created: by millisecond, then, within one, by the
+    sequence number of the process that created them (:data:`_CREATED`). Members written
+    before the sequence, ``<ms>:<id>``, are still read (:func:`read_index_member`, :func:`is_index_member`).
+    As a bound: every job created at or after that millisecond sorts above it.
     """
-    return f"{round(created * 1000):013d}:{job_id}"
+    return f"{round(created * 1000):013d}:"
+
+
+#: This process's count of the jobs it created: the sequence of their :func:`index_member` s.
+_CREATED = itertools.count(1)
 
 
 def read_index_member(member):
-    """``job_id`` of an :func:`index_member`."""
-    return member.partition(":")[2]
+    """``job_id`` of an :func:`index_member` (or of a ``<ms>:<id>`` member, written before the sequence)."""
+    return member.rpartition(":")[2]
+
+
+def is_index_member(text):
+    """True when ``text`` is a member of an owner's index (:func:`index_member`), of either format."""
+    created, _, rest = text.partition(":")
+    sequence, between, job_id = rest.rpartition(":")
+    if between and not (len(sequence) == 12 and sequence.isdigit()):
+        return False
+    return len(created) == 13 and created.isdigit() and is_job_id(job_id)
 
 
 def created_at(record):
@@ -323,12 +342,15 @@ class JobStore:
         return record
 
     def _index(self, pipe, owner, job_id, created):
-        # Members sort by creation (one score, ordered as text: ``<ms>:<id>``), so a page starts exactly
-        # after the last member of the one before, ties included. A record lives at most two TTLs from its
-        # creation (one to end, one after its end), so an older member names a record gone: dropped here, and
-        # the index expires with its jobs. Members whose record expired sooner are dropped as they are read.
+        # Members sort by creation (one score, ordered as text: ``<ms>:<sequence>:<id>``), so a page starts
+        # exactly after the last member of the one before, ties included. The sequence is this process's count
+        # of the jobs it created (:data:`_CREATED`): two jobs of one millisecond from one gateway process keep
+        # the order they were made in (two processes' jobs of one millisecond were made at once, in no order).
+        # A record lives at most two TTLs from its creation (one to end, one after its end), so an older member
+        # names a record gone: dropped here, and the index expires with its jobs. Members whose record expired
+        # sooner are dropped as they are read.
         key = index_key(owner)
-        pipe.zadd(key, {index_member(created, job_id): 0})
+        pipe.zadd(key, {f"{index_member(created)}{next(_CREATED):012d}:{job_id}": 0})
         pipe.zremrangebylex(key, "-", f"({index_member(created - 2 * self.ttl)}")
         pipe.expire(key, 2 * self.ttl)
 
@@ -344,6 +366,12 @@ class JobStore:
         if members:
             self.redis.zrem(index_key(owner), *members)
 
+    def members_of(self, owner, job_id, created):
+        """The members of ``owner``'s index naming ``job_id``, created at ``created`` (epoch seconds)."""
+        low = index_member(created)  # ``<ms>:``; every member of that millisecond sorts below ``<ms>;``
+        found = self.redis.zrangebylex(index_key(owner), f"[{low}", f"({low[:-1]};")
+        return [member for member in (m.decode() for m in found) if read_index_member(member) == job_id]
+
     def delete(self, job_id):
         """Remove ``job_id``'s record and the chunks it owns (used when a job could not be enqueued)."""
         record = self.get(job_id)
@@ -352,7 +380,8 @@ class JobStore:
             pipe.zrem(UNSENT_INDEX, job_id)  # no message to send
             pipe.execute()
         if record:
-            self.unindex(record.get("owner", ""), [index_member(created_at(record), job_id)])
+            owner = record.get("owner", "")
+            self.unindex(owner, self.members_of(owner, job_id, created_at(record)))
             if record.get("owner"):
                 self.release_slot(record["owner"], job_id)
             self.data.delete(self.owned_chunks(record))

@@ -42,7 +42,7 @@ QUEUE = celeryconfig.task_default_queue
 
 #: Seconds a running step may go on after a cancel on the ``serial`` stack (test_cancel.py).
 CANCEL_GRACE = 3
-#: Rows per chunk on the ``serial`` stack (test_storage_full.py).
+#: Rows per chunk on the ``serial`` stack (test_storage_full.py, test_dashboard.py).
 SERIAL_CHUNK_ROWS = 1000
 
 #: The shared stacks: ``(workers, concurrency, settings)``.

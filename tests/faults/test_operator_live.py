@@ -31,13 +31,17 @@ def test_the_list_follows_jobs_from_queued_to_completed(stack):
     made = [submit(stack.url, [sleep_step(1)]).json()["job_id"] for _ in range(3)]
     listed = requests.get(f"{stack.url}/jobs", params={"limit": 3}, timeout=10).json()
     assert [job["job_id"] for job in listed["jobs"]] == made[::-1]
-    # Each process holds one message (prefetch 1, acks late): the third waits in the queue.
+    # Each process holds one message (prefetch 1, acks late): the third waits in the queue. A job counts as
+    # running from its lease, a moment before its first report takes its status past `started`: wait for both.
+    def queued():
+        listed = requests.get(f"{stack.url}/jobs", params={"status": "started"}, timeout=10).json()["jobs"]
+        return [job["job_id"] for job in listed]
+
     localstack.wait_until(
-        lambda: (lambda body: (body["jobs_running"], body["queue_depth"]))(workers(stack.url)) == (2, 1),
+        lambda: (lambda body: (body["jobs_running"], body["queue_depth"]))(workers(stack.url)) == (2, 1)
+        and queued() == [made[2]],
         10, "two jobs running and one queued", interval=0.05,
     )
-    queued = requests.get(f"{stack.url}/jobs", params={"status": "started"}, timeout=10).json()["jobs"]
-    assert [job["job_id"] for job in queued] == [made[2]]
     for job_id in made:
         wait_for(stack.url, job_id)
     done = requests.get(f"{stack.url}/jobs", params={"status": "completed", "limit": 3}, timeout=10).json()

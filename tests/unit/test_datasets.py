@@ -147,6 +147,14 @@ def test_a_text_cell_over_max_string_length_is_400(redis, celery):
     assert redis.keys("*") == []
 
 
+def test_max_string_length_counts_characters_not_bytes(redis, celery):
+    app = create_app({"TESTING": True, "REDIS": redis, "CELERY": celery, "MAX_STRING_LENGTH": 5})
+    # Five characters in ten bytes are within the limit; six (one of them two bytes) are not.
+    assert upload(app.test_client(), "t\nééééé\n".encode()).status_code == 201
+    response = upload(app.test_client(), "t\nabcdeé\n".encode())
+    assert response.get_json()["error"]["details"] == {"limit": "MAX_STRING_LENGTH", "maximum": 5, "column": "t"}
+
+
 def test_a_full_store_is_507_and_keeps_nothing(client, app, redis, monkeypatch):
     monkeypatch.setattr(app.extensions["datasets"].data, "has_room", lambda nbytes: False)
     response = upload(client, CSV)

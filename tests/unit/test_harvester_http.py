@@ -13,6 +13,7 @@ runs: each job moves along a script of steps (:func:`processing`, :func:`complet
 with the job store's methods a worker uses.
 """
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -38,6 +39,7 @@ from click.testing import CliRunner
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+from harvester import upload
 from harvester.cli import ExitCode, main
 from harvester.client import GatewayClient
 from harvester.errors import GatewayError, GatewayUnreachable, JobNotFound, JobTimeout, ServerError, Unauthorized
@@ -696,12 +698,38 @@ def test_a_source_goes_up_in_parts_and_a_dropped_part_is_sent_again(gateway, tmp
     puts = [int(r.path.rsplit("/", 1)[1]) for r in gateway.seen("PUT")]
     parts = max(puts)
     assert parts >= 5
-    assert puts == [1, 2] + [3] * 8 + list(range(4, parts + 1))  # nothing before part 3 was sent again
+    # Part 3 went 8 times, every other part once (each of them in any order: two PUTs are in flight at once).
+    assert collections.Counter(puts) == {n: 8 if n == 3 else 1 for n in range(1, parts + 1)}
     assert f"Uploading part 3 of dataset {gateway.dataset_id} failed" in result.stderr
     assert gateway.stored_rows() == rows
     summary = json.loads(result.stdout)
     assert summary["rows_in"] == 1000
     assert all(len(r.body) < 2048 * 2 for r in gateway.seen("PUT"))
+
+
+def test_two_parts_are_in_flight_at_once_each_on_a_connection_of_its_own(gateway, tmp_path, monkeypatch):
+    monkeypatch.setattr("harvester.upload.PART_BYTES", 2048)
+    source = tmp_path / "in.jsonl"
+    rows = [{"id": i, "text": f"row {i} " + "x" * (i % 50)} for i in range(1000)]
+    source.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    gateway.runs(completed())
+    both = threading.Barrier(2, timeout=10)  # broken, failing the run, unless parts 1 and 2 are sent together
+    sessions = set()
+    put_part = GatewayClient.put_part
+
+    def put_together(client, dataset_id, number, body, **kwargs):
+        sessions.add(id(client.session))
+        if number <= 2:
+            both.wait()
+        return put_part(client, dataset_id, number, body, **kwargs)
+
+    monkeypatch.setattr(GatewayClient, "put_part", put_together)
+
+    result = invoke("run", source, "--gateway", gateway.url, "--poll-interval", "0.01")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert len(sessions) == upload.PUTS_IN_FLIGHT == 2
+    assert gateway.stored_rows() == rows
 
 
 def test_a_csv_column_that_stops_fitting_its_type_is_uploaded_again_from_part_1(gateway, tmp_path, monkeypatch):
@@ -946,8 +974,8 @@ def test_unreachable_gateway_exits_4_at_the_deadline(closed_url, source, monkeyp
     assert result.exit_code == ExitCode.UNREACHABLE
     assert 1 <= time.monotonic() - started < 3
     # One short line per retry, urllib3's backoff in it; never urllib3's repr of its Retry and exception.
-    assert re.search(r"WARNING Gateway unreachable, retrying now \(1 of 4\)\.\n", result.stderr)
-    assert re.search(r"WARNING Gateway unreachable, retrying in 1\.0 s \(2 of 4\)\.\n", result.stderr)
+    assert re.search(r"WARNING gateway unreachable, retrying now \(1 of 4\)\n", result.stderr)
+    assert re.search(r"WARNING gateway unreachable, retrying in 1\.0 s \(2 of 4\)\n", result.stderr)
     assert "Retry(" not in result.stderr and "NewConnectionError" not in result.stderr
     assert "No job: gateway unreachable" in result.stderr
 
@@ -959,7 +987,9 @@ def test_gateway_lost_while_polling_is_retried_then_exits_4(gateway, source):
     result = invoke("run", source, "--gateway", gateway.url, "--timeout", "0.5", "--poll-interval", "0.1")
 
     assert result.exit_code == ExitCode.UNREACHABLE
-    assert "Gateway answered 503, retrying" in result.stderr
+    assert "gateway answered 503, retrying" in result.stderr
+    # "N of 4": the 4 retries the policy allows after each request's first attempt, all of them made.
+    assert re.search(r"retrying now \(4 of 4\)\n", result.stderr) and "(5 of" not in result.stderr
     assert "kept answering 503 (backend_unavailable: Redis is down.)" in result.stderr
     assert re.search(rf"Job {gateway.job_id}: gateway unreachable after 0\.\d s, last seen processing", result.stderr)
 
@@ -971,7 +1001,7 @@ def test_503_on_submit_is_retried_and_logged(gateway, source, queued):
     result = invoke("run", source, "--gateway", gateway.url)
 
     assert result.exit_code == ExitCode.OK, result.output
-    assert re.search(r"WARNING Gateway answered 503, retrying now \(1 of 4\)\.\n", result.stderr)
+    assert re.search(r"WARNING gateway answered 503, retrying now \(1 of 4\)\n", result.stderr)
     assert len(gateway.seen("POST", "/jobs")) == 2
     assert queued() == 1
 
@@ -1346,9 +1376,9 @@ def test_polling_rides_out_an_outage_and_writes_the_output(gateway, source, tmp_
     assert result.exit_code == ExitCode.OK, result.output
     assert 1 <= time.monotonic() - started < 10  # Retry-After: 1 was honoured, the deadline was not waited for
     assert len(gateway.seen("GET", A_JOB)) == 1 + 5 + 3 + 1 + 1  # then the job moved on at each look that got in
-    assert "Gateway answered 503, retrying" in result.stderr
+    assert "gateway answered 503, retrying" in result.stderr
     assert f"Following job {gateway.job_id} failed" in result.stderr and "kept answering 503" in result.stderr
-    assert "Gateway dropped the connection, retrying" in result.stderr  # the gateway's process gone
+    assert "gateway dropped the connection, retrying" in result.stderr  # the gateway's process gone
     assert "Retry(" not in result.stderr  # not urllib3's own warning
     assert [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()] == OUTPUT
     assert json.loads((tmp_path / "out.jsonl.manifest.json").read_text())["rows_out"] == 2
@@ -1722,6 +1752,19 @@ def test_ctrl_c_while_waiting_says_how_to_go_on_with_the_default_gateway_left_ou
     assert result.exit_code == ExitCode.INTERRUPTED
     assert f"  Follow it and write its output: harvester wait {job_id} --output PATH\n" in result.stderr
     assert f"  Cancel it: harvester cancel {job_id}\n" in result.stderr
+
+
+def test_ctrl_c_while_waiting_with_cancel_on_interrupt_cancels_the_job(gateway, monkeypatch):
+    job_id = gateway.submit(["drop_nulls"])
+    gateway.runs(processing())
+    interrupt(monkeypatch, "look", after=1)
+
+    result = invoke("wait", job_id, "--cancel-on-interrupt", "--gateway", gateway.url, "--poll-interval", "0.01")
+
+    assert result.exit_code == ExitCode.INTERRUPTED
+    assert result.stderr.endswith(f"Interrupted: job {job_id} is cancelled (--cancel-on-interrupt).\n")
+    assert [r.path for r in gateway.seen("DELETE")] == [f"/jobs/{job_id}"]
+    assert gateway.body(job_id)["status"] == "cancelled"
 
 
 # Dry runs

@@ -1,5 +1,6 @@
 """``GET /jobs`` (the caller's jobs, paged), ``POST /jobs?dry_run=true`` and ``GET /workers``, on fakeredis."""
 
+import base64
 import time
 
 import pytest
@@ -40,6 +41,65 @@ def test_jobs_are_listed_newest_first_page_by_page_with_a_cursor_and_a_link(clie
         query = link[1 : link.index(">")].removeprefix("/jobs")
     assert seen == made[::-1]
     assert pages == 3
+
+
+def test_the_default_page_is_50_jobs_and_a_page_may_hold_500(client):
+    made = [submit(client) for _ in range(51)]
+    page = listed(client)
+    assert ids(page) == made[:0:-1] and page.json["next"]
+    assert ids(listed(client, f"?cursor={page.json['next']}")) == made[:1]
+    page = listed(client, "?limit=500")
+    assert ids(page) == made[::-1] and page.json["next"] is None
+
+
+def test_jobs_created_in_one_millisecond_are_listed_newest_first_in_the_order_they_were_created(
+    client, monkeypatch
+):
+    from workers import jobstore
+
+    monkeypatch.setattr(jobstore, "utcnow", lambda: "2026-12-03T17:00:00.000Z")  # every job in one millisecond
+    made = [submit(client) for _ in range(30)]
+    assert {client.get(f"/jobs/{job_id}").json["created_at"] for job_id in made} == {"2026-12-03T17:00:00.000Z"}
+    assert ids(listed(client)) == made[::-1]
+    seen, query = [], "?limit=4"
+    while query:  # the cursor goes on exactly after the last job of a page, inside the millisecond
+        page = listed(client, query)
+        seen += ids(page)
+        query = page.json["next"] and f"?limit=4&cursor={page.json['next']}"
+    assert seen == made[::-1]
+
+
+def test_an_index_entry_written_before_the_sequence_is_still_listed_and_paged_from(client, redis):
+    older, newer = submit(client), submit(client)
+    (member,) = [m.decode() for m in redis.zrange(index_key(""), 0, 0)]
+    millis = member.partition(":")[0]
+    redis.zrem(index_key(""), member)
+    redis.zadd(index_key(""), {f"{millis}:{older}": 0})  # ``<ms>:<id>``, as indexed before
+    page = listed(client, "?limit=1")
+    assert ids(page) == [newer]
+    assert ids(listed(client, f"?cursor={page.json['next']}")) == [older]
+    old_cursor = base64.urlsafe_b64encode(f"{millis}:{older}".encode()).decode().rstrip("=")
+    assert listed(client, f"?cursor={old_cursor}").json == {"jobs": [], "next": None}
+
+
+def test_a_job_names_its_rows_in_and_its_operations_before_it_completes(client, celery):
+    from workers.status import PROGRESS
+
+    operations = ["drop_nulls", {"name": "select_columns", "params": {"columns": ["id"]}}]
+    job_id = submit(client, operations=operations)
+    queued = client.get(f"/jobs/{job_id}").json
+    assert queued["status"] == "started" and queued["data"] is None
+    assert (queued["rows_in"], queued["operations"]) == (2, ["drop_nulls", "select_columns"])
+    celery.backend.store_result(job_id, {"operations_done": 1, "operations_total": 2, "phase": "running"}, PROGRESS)
+    (running,) = listed(client).json["jobs"]
+    assert running["status"] == "processing"
+    assert (running["rows_in"], running["operations"]) == (2, ["drop_nulls", "select_columns"])
+    upload = client.post("/datasets", data=b"id\n1\n2\n3\n", content_type="text/csv")
+    response = client.post("/jobs", json={"dataset_id": upload.json["dataset_id"], "operations": []})
+    assert response.status_code == 202, response.json
+    body = client.get(f"/jobs/{response.json['job_id']}").json
+    assert (body["status"], body["rows_in"], body["operations"]) == ("started", 3, [])
+    assert listed(client).json["jobs"][0]["rows_in"] == 3
 
 
 def test_a_listed_job_is_its_body_without_its_inline_rows(client, complete_job):

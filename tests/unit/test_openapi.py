@@ -427,6 +427,16 @@ def test_idempotent_retry_and_reuse_match_the_document(app):
     assert submit(app, other, 400, **{"Idempotency-Key": "two words"})["error"]["code"] == "invalid_idempotency_key"
 
 
+def test_a_dry_run_matches_the_document(app):
+    body = EXAMPLE["value"]
+    plan = send(app, "POST", "/jobs", 200, body=body, media_type="application/json", query={"dry_run": "true"})
+    assert plan["dry_run"] is True
+    assert [step["name"] for step in plan["steps"]] == [
+        step if isinstance(step, str) else step["name"] for step in body["operations"]
+    ]
+    assert send(app, "GET", "/jobs", 200)["jobs"] == []  # nothing stored
+
+
 def test_backend_down_is_the_documented_503(celery):
     from localstack import free_port
     from workers.jobstore import connect
