@@ -100,6 +100,7 @@
   }
 
   async function tick(generation) {
+    const started = performance.now();
     try {
       await refreshJobs(generation);
       await refreshWorkers(generation);
@@ -111,7 +112,8 @@
       }
     }
     if (state.running && generation === state.generation) {
-      state.timer = setTimeout(() => tick(generation), REFRESH_MS);
+      // Every REFRESH_MS from the start of this one, however long its requests took (at once if longer).
+      state.timer = setTimeout(() => tick(generation), Math.max(0, REFRESH_MS - (performance.now() - started)));
     }
   }
 
