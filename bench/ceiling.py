@@ -1,21 +1,21 @@
-"""Celery alone, with no HTTP at all: how many one-record tasks per second this machine can run (issue 8).
+"""The ceiling of issue 8's throughput goal: what this machine does per second with no job system at all.
 
-The latency benchmark (``bench/latency.py``) compares datajobs with a naive Flask+Celery gateway; both put
-an HTTP server, a job record and their own client in front of Celery. This section measures what is left
-when all of that is taken away: the same closed loop (:func:`bench.latency.closed_loop`), each client thread
-with a Celery app of its own running ``send_task("ceiling.echo", (records,)).get()`` back to back, against a worker of
-concurrency 2 (prefork, as both systems run it) on a ``redis-server`` of its own. The task only returns its
-argument (the one-record dataset of the latency runs), so no job of either system can be cheaper.
+The latency benchmark (``bench/latency.py``) compares datajobs with a naive Flask+Celery gateway. This
+section measures, in the same closed loop (:func:`bench.latency.closed_loop`, 8 clients), what is left when
+the job system is taken away (:data:`RUNS`), each on a ``redis-server`` of its own with a worker of
+concurrency 2 (prefork, as both systems run it):
 
-Two Celery configurations, one after the other:
+- Celery alone: each client thread, with a Celery app of its own, runs ``send_task("ceiling.echo",
+  (records,)).get()`` back to back; the task only returns its argument (the one-record dataset of the
+  latency runs). Twice: with the naive app's settings (``bench/naive.make_celery``), then with the delivery
+  and event settings of ``celeryconfig.py`` (:data:`DATAJOBS_SETTINGS`: late acknowledgement, a prefetch of 1,
+  task events for Flower);
+- the least HTTP gateway in front of it (:func:`create_app`, under gunicorn as the naive app runs): a single
+  ``POST /echo`` that sends the task and answers its result.
 
-- ``naive``: the naive app's (``bench/naive.make_celery``: JSON, Celery's defaults otherwise);
-- ``datajobs``: the delivery and event settings of the repository's ``celeryconfig.py``
-  (:data:`DATAJOBS_SETTINGS`: late acknowledgement, a prefetch of 1, task events for Flower).
-
-Its jobs/s with 8 clients is the ceiling of any gateway in front of Celery on this machine; the report
-sets it beside twice the naive gateway's figure (issue 8's throughput goal). Figures are printed, never
-asserted.
+Then, one job after another in this process, the job protocol alone (:func:`protocol_job`): what a datajobs
+job does to keep its guarantees, with no HTTP and no Celery. The report sets these beside twice the naive
+gateway's jobs/s and the CPU a job may cost to reach it. Figures are printed, never asserted.
 """
 
 import contextlib
