@@ -15,6 +15,7 @@ One client per thread: a ``requests.Session`` is not meant to be shared between
 threads.
 """
 
+import copy
 import logging
 import uuid
 from urllib.parse import quote, urlsplit
@@ -95,8 +96,7 @@ class GatewayClient:
     def clone(self):
         """A client of the same gateway, with the same timeout, retry policy and token, and a session of its
         own: for another thread."""
-        twin = object.__new__(type(self))
-        twin.base_url, twin.timeout, twin.auth, twin.retry = self.base_url, self.timeout, self.auth, self.retry
+        twin = copy.copy(self)
         twin.session = make_session(self.retry)
         return twin
 
